@@ -1,0 +1,1 @@
+"""nfnets_jax.training."""
