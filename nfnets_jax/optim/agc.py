@@ -1,7 +1,8 @@
 """Adaptive Gradient Clipping (AGC) as an optax transformation.
 
-For every *unit* ``i`` of a parameter (a row of output weights, a conv output channel, or a
-whole vector/scalar), AGC compares the gradient norm with the parameter norm:
+For every *unit* ``i`` of a parameter (the weights into one output of a linear layer, one
+conv output channel, or a whole vector/scalar), AGC compares the gradient norm with the
+parameter norm:
 
 .. math::
 
@@ -44,8 +45,9 @@ Axes = int | Sequence[int]
 # (path, leaf) -> axes, or None to keep the default rule for that leaf.
 UnitAxes = Mapping[str, Axes] | Callable[[str, jax.Array], Axes | None]
 
-# Floor on the gradient norm in the rescale factor; it only prevents 0/0 and cannot engage
-# when clipping (gn > max_norm > 0 there). The original SGD_AGC uses the same 1e-6.
+# Floor on the gradient norm in the rescale factor, from the original SGD_AGC. It prevents
+# 0/0 and only matters for gradient norms below 1e-6 (thresholds that small arise for zero
+# parameters with a small `clipping`), where it clips to less than the threshold.
 _DIV_EPS = 1e-6
 
 
@@ -232,6 +234,11 @@ def adaptive_grad_clip(
     in float32), inside ``optax.chain``, ``optax.masked``, ``optax.partition`` and
     ``optax.MultiSteps``.
 
+    Compared with ``optax.adaptive_grad_clip`` (0.2.8), which gives the same float32
+    results for default units: optax takes norms in the gradient dtype, rescales a unit
+    exactly at a threshold below its 1e-6 division floor, has one ``axis`` for all
+    parameters and keeps no statistics.
+
     Args:
         clipping: the threshold ``lambda`` (> 0), e.g. 0.01 for NFNets at batch 4096.
         eps: floor on the parameter norm (the original's 1e-3), so zero-initialised
@@ -299,8 +306,7 @@ def adaptive_grad_clip(
             )
         flat_g, treedef = jax.tree_util.tree_flatten_with_path(updates)
         flat_p = treedef.flatten_up_to(params)
-        out, ratios, clipped = [], [], []
-        num_units = 0
+        out, g_norms, p_norms = [], [], []
         for (path, g), p in zip(flat_g, flat_p, strict=True):
             name = masks.path_to_str(path)
             if jnp.shape(g) != jnp.shape(p):
@@ -311,18 +317,17 @@ def adaptive_grad_clip(
             axes = resolve_axes(name, g)
             g_norm = unitwise_norm(g, axes)
             p_norm = jnp.maximum(unitwise_norm(p, axes), eps)
-            max_norm = p_norm * clipping
-            out.append(unitwise_clip(g, g_norm, max_norm))
-            # Logging only: computed beside the update, never fed into it.
-            num_units += g_norm.size
+            out.append(unitwise_clip(g, g_norm, p_norm * clipping))
+            g_norms.append(g_norm.ravel())
+            p_norms.append(p_norm.ravel())
+        # Logging only: computed beside the update from the same norms, never fed into it.
+        # One concatenation keeps the compiled program small for trees of hundreds of leaves.
+        if sum(n.size for n in g_norms):
+            g_all, p_all = jnp.concatenate(g_norms), jnp.concatenate(p_norms)
+            clip_fraction = jnp.mean(g_all > p_all * clipping, dtype=jnp.float32)
             # 0/0 (zero gradient on a zero parameter with eps=0) counts as ratio 0.
-            ratio = jnp.where(g_norm > 0, g_norm / p_norm, 0.0)
-            ratios.append(jnp.max(ratio, initial=0.0))
-            clipped.append(jnp.sum(g_norm > max_norm, dtype=jnp.int32))
-        if num_units:
-            clip_fraction = jnp.sum(jnp.stack(clipped)).astype(jnp.float32) / num_units
-            max_ratio = jnp.max(jnp.stack(ratios))
-        else:  # Everything masked out: nothing was seen, nothing was clipped.
+            max_ratio = jnp.max(jnp.where(g_all > 0, g_all / p_all, 0.0), initial=0.0)
+        else:  # Everything masked out (or empty): nothing was seen, nothing was clipped.
             clip_fraction = jnp.zeros((), jnp.float32)
             max_ratio = jnp.zeros((), jnp.float32)
         new_updates = jax.tree_util.tree_unflatten(treedef, out)

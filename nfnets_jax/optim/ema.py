@@ -31,7 +31,9 @@ __all__ = ["NFNET_EMA_DECAY", "ema_decay", "ema_update"]
 NFNET_EMA_DECAY = 0.99999
 
 
-def ema_decay(step: jax.Array | int, decay: float = NFNET_EMA_DECAY, warmup: bool = True):
+def ema_decay(
+    step: jax.Array | int, decay: float = NFNET_EMA_DECAY, warmup: bool = True
+) -> jax.Array:
     """The EMA decay used for the update at global step ``step``.
 
     Args:

@@ -163,7 +163,7 @@ def sgd_agc(
     return optax.chain(*parts)
 
 
-def _number(name: str, value: Any, *, minimum: float = 0.0, maximum: float | None = None):
+def _number(name: str, value: Any, *, minimum: float = 0.0, maximum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"opt_config.{name} must be a number, got {value!r}.")
     if value < minimum or (maximum is not None and value >= maximum):

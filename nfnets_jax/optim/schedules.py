@@ -57,7 +57,9 @@ def _itr(step: jax.Array | int) -> jax.Array:
     return jnp.asarray(step).astype(jnp.float32)
 
 
-def _linear_warmup(itr: jax.Array, start_val: float, max_val: float, warmup_steps: float):
+def _linear_warmup(
+    itr: jax.Array, start_val: float, max_val: float, warmup_steps: float
+) -> jax.Array:
     return (max_val - start_val) * itr / warmup_steps + start_val
 
 
