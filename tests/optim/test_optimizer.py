@@ -218,13 +218,13 @@ def test_lamb_and_lars_with_agc_are_the_explicit_optax_chains(name):
     else:
         inner = optax.lars(0.02, weight_decay=1e-4, weight_decay_mask=decay, trust_ratio_mask=decay)
     built, _ = run_steps(tx, params, grads)
-    explicit, _ = run_steps(optax.chain(agc, inner), params, grads)
-    unclipped, _ = run_steps(inner, params, grads)
+    explicit, states = run_steps(optax.chain(agc, inner), params, grads)
     for path in params:
         np.testing.assert_array_equal(built[1][path], explicit[1][path], err_msg=path)
-    assert any(not np.allclose(built[1][p], unclipped[1][p], rtol=1e-4) for p in params), (
-        "AGC must change the result"
-    )
+    # AGC rescales some units of a tensor and not others, which changes its direction, so
+    # dropping AGC (or the mask) from the built chain could not give the same result.
+    clipped = [float(optax.tree_utils.tree_get(s, "clip_fraction")) for s in states]
+    assert all(0.2 < c < 0.9 for c in clipped), clipped
 
 
 def test_nfnet_optimizer_equals_the_config_path_and_frozen_configs_work():
