@@ -1,5 +1,7 @@
 """adaptive_grad_clip, unitwise_norm and unitwise_clip against a NumPy reference."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,9 +81,15 @@ def random_case(seed: int = 0):
     return params, grads
 
 
+@functools.cache
+def _jitted_update(tx):
+    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p))
+
+
 def clip(tx, grads, params):
-    """One jitted AGC update (eager dispatch of the many small ops is slower to run)."""
-    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
+    """One jitted AGC update (eager dispatch of the many small ops is slower to run);
+    the compiled function is reused for repeated calls with the same transformation."""
+    return _jitted_update(tx)(grads, params)
 
 
 def to_jax(flat):
