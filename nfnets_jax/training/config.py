@@ -219,4 +219,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     try:
         data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
     except (ValueError, FileNotFoundError, KeyError) as error:
-        raise ConfigError(f"Invalid config: dataset.name={config.dataset.name!r}: {error}") from None
+        raise ConfigError(
+            f"Invalid config: dataset.name={config.dataset.name!r}: {error}"
+        ) from None

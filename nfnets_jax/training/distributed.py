@@ -46,9 +46,7 @@ def initialize(
         raise ValueError(f"distributed mode {mode!r} is unknown: use auto, on or off.")
     manual = coordinator_address is not None
     if manual and (num_processes is None or process_id is None):
-        raise ValueError(
-            "--coordinator_address needs --num_processes and --process_id as well."
-        )
+        raise ValueError("--coordinator_address needs --num_processes and --process_id as well.")
     if mode == "off" or (mode == "auto" and not manual and not _multi_process_environment()):
         return
     # Cross-process collectives on the CPU backend need gloo (harmless on GPU/TPU, where

@@ -125,14 +125,17 @@ def build_setup(
         steps_per_epoch=plan.steps_per_epoch,
         total_steps=plan.total_steps,
     )
-    init = functools.partial(create_train_state, train_model.init, optimizer, use_ema=config.use_ema)
+    init = functools.partial(
+        create_train_state, train_model.init, optimizer, use_ema=config.use_ema
+    )
     abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0), sample)
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mapper.replicated),
         abstract_state,
     )
-    return Setup(train_model, eval_model, optimizer, learning_rate_fn, init, abstract_state,
-                 image_shape)
+    return Setup(
+        train_model, eval_model, optimizer, learning_rate_fn, init, abstract_state, image_shape
+    )
 
 
 def parameter_table(params: hk.Params) -> str:
@@ -320,7 +323,9 @@ def train_and_evaluate(
         grad_accum_steps=config.grad_accum_steps,
     )
     train_fn = mapper.map_train_step(train_step)
-    eval_fn = mapper.map_eval_step(step.make_eval_step(setup.eval_model.apply, num_classes=plan.num_classes))
+    eval_fn = mapper.map_eval_step(
+        step.make_eval_step(setup.eval_model.apply, num_classes=plan.num_classes)
+    )
 
     def save(device_state, step_number: int) -> None:
         canonical = mapper.from_device_state(device_state)
@@ -333,8 +338,11 @@ def train_and_evaluate(
         checkpointer.save(step_number, canonical, meta)
 
     def run_eval(device_state, step_number: int) -> dict[str, dict[str, float]]:
-        results = {"eval": evaluate(config, plan, mapper, eval_fn, device_state.params,
-                                    device_state.model_state)}
+        results = {
+            "eval": evaluate(
+                config, plan, mapper, eval_fn, device_state.params, device_state.model_state
+            )
+        }
         if config.use_ema:
             results["ema_eval"] = evaluate(
                 config, plan, mapper, eval_fn, device_state.ema_params, device_state.ema_state
@@ -345,8 +353,9 @@ def train_and_evaluate(
             f"{name} top1 {v['top_1_acc']:.2%} top5 {v['top_5_acc']:.2%} loss {v['loss']:.4f}"
             for name, v in results.items()
         )
-        writers.log_line(f"step {step_number}: {line} ({int(results['eval']['num_examples'])} "
-                         "examples)")
+        writers.log_line(
+            f"step {step_number}: {line} ({int(results['eval']['num_examples'])} examples)"
+        )
         return results
 
     result: dict[str, Any] = {"step": start_step, "preempted": False}
@@ -441,8 +450,9 @@ def train_and_evaluate(
                 else:
                     eta = math.nan
                 writer.write_scalars(step_number, averaged, prefix="train/")
-                writers.log_line(writers.format_train_line(step_number, plan.total_steps,
-                                                           averaged, eta))
+                writers.log_line(
+                    writers.format_train_line(step_number, plan.total_steps, averaged, eta)
+                )
                 result["train"] = averaged
                 interval_start, interval_steps = time.time(), 0
 

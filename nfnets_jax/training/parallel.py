@@ -103,8 +103,15 @@ class DeviceMapper:
                 return state, jax.tree.map(lambda m: m[0], metrics)
 
             return run
+        # check_vma=False keeps pmap's semantics inside the step: gradients w.r.t. the
+        # replicated parameters are per-device values that the step averages itself with
+        # `pmean`. (With the check on, shard_map would already sum them over devices.)
         mapped = jax.shard_map(
-            step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P())
+            step_fn,
+            mesh=self.mesh,
+            in_specs=(P(), P(AXIS)),
+            out_specs=(P(), P()),
+            check_vma=False,
         )
         return jax.jit(mapped, donate_argnums=(0,) if donate else ())
 
@@ -120,7 +127,7 @@ class DeviceMapper:
                 lambda m: m[0], mapped(params, state, batch)
             )
         mapped = jax.shard_map(
-            eval_fn, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P()
+            eval_fn, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P(), check_vma=False
         )
         return jax.jit(mapped)
 

@@ -96,9 +96,9 @@ def make_train_step(
       was skipped and the state is returned unchanged) and, when the optimizer has AGC,
       `agc_clip_fraction` and `agc_max_ratio`.
     """
-    per_example_loss = loss_fn or (lambda logits, targets, batch: (
-        losses.softmax_cross_entropy(logits, targets)
-    ))
+    per_example_loss = loss_fn or (
+        lambda logits, targets, batch: losses.softmax_cross_entropy(logits, targets)
+    )
 
     def micro_loss(params, model_state, batch, rng):
         outputs, new_model_state = apply_fn(params, model_state, rng, batch["images"], True)
@@ -114,7 +114,9 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "top_1_acc": jnp.mean(losses.topk_correct(logits, batch["labels"], 1)),
-            "top_5_acc": jnp.mean(losses.topk_correct(logits, batch["labels"], min(5, num_classes))),
+            "top_5_acc": jnp.mean(
+                losses.topk_correct(logits, batch["labels"], min(5, num_classes))
+            ),
         }
         return loss, (new_model_state, metrics)
 
@@ -182,7 +184,7 @@ def make_train_step(
         new_state = jax.lax.cond(finite, apply_update, lambda _: state, None)
         metrics = dict(metrics)
         metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["finite"] = finite.astype(jnp.float32)
         for key, name in (("clip_fraction", "agc_clip_fraction"), ("max_ratio", "agc_max_ratio")):
             value = optax.tree_utils.tree_get(new_state.opt_state, key, default=None)

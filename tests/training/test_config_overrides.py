@@ -49,8 +49,11 @@ def test_overrides_parse_to_field_types():
 
 
 def test_unknown_key_suggests_close_match():
-    with pytest.raises(config_lib.ConfigError, match=r"Unknown config key 'train_bach_size'.*"
-                       r"train_batch_size"):
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"Unknown config key 'train_bach_size'.*"
+        r"train_batch_size",
+    ):
         config_lib.apply_overrides(_config(), [("train_bach_size", "8")])
 
 

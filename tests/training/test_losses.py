@@ -36,9 +36,7 @@ def test_cross_entropy_against_numpy():
     expected = -(targets * log_probs).sum(-1)
     got = losses.softmax_cross_entropy(jnp.asarray(logits, jnp.bfloat16), targets)
     assert got.dtype == jnp.float32
-    np.testing.assert_allclose(
-        losses.softmax_cross_entropy(logits, targets), expected, rtol=1e-5
-    )
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, targets), expected, rtol=1e-5)
 
 
 def test_topk_correct():
