@@ -110,17 +110,31 @@ class TrainIterator(_NumpyBatches):
             (local devices x per-device batch, x2 when mixing).
         num_local_examples: size of this process's shard.
         seed: the seed in use (drawn at random when None was passed).
+        deterministic: whether the stream is reproducible (a seed was passed).
         step: the step of the next batch.
     """
 
-    def __init__(self, ds, flatten_devices, **attributes) -> None:
+    def __init__(
+        self,
+        ds: tf.data.Dataset,
+        flatten_devices: bool,
+        *,
+        info: DatasetInfo,
+        split: str,
+        examples_per_step: int,
+        num_local_examples: int,
+        seed: int,
+        deterministic: bool,
+        step: int,
+    ) -> None:
         super().__init__(ds, flatten_devices)
-        self.info: DatasetInfo = attributes.pop("info")
-        self.split: str = attributes.pop("split")
-        self.examples_per_step: int = attributes.pop("examples_per_step")
-        self.num_local_examples: int = attributes.pop("num_local_examples")
-        self.seed: int = attributes.pop("seed")
-        self.step: int = attributes.pop("step")
+        self.info = info
+        self.split = split
+        self.examples_per_step = examples_per_step
+        self.num_local_examples = num_local_examples
+        self.seed = seed
+        self.deterministic = deterministic
+        self.step = step
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = super().__next__()
@@ -138,12 +152,21 @@ class EvalIterator(_NumpyBatches):
         num_examples: real (unpadded) examples on this process.
     """
 
-    def __init__(self, ds, flatten_devices, **attributes) -> None:
+    def __init__(
+        self,
+        ds: tf.data.Dataset,
+        flatten_devices: bool,
+        *,
+        info: DatasetInfo,
+        split: str,
+        num_batches: int,
+        num_examples: int,
+    ) -> None:
         super().__init__(ds, flatten_devices)
-        self.info: DatasetInfo = attributes.pop("info")
-        self.split: str = attributes.pop("split")
-        self.num_batches: int = attributes.pop("num_batches")
-        self.num_examples: int = attributes.pop("num_examples")
+        self.info = info
+        self.split = split
+        self.num_batches = num_batches
+        self.num_examples = num_examples
 
     def __len__(self) -> int:
         return self.num_batches
@@ -376,6 +399,7 @@ def train_iterator(
         examples_per_step=examples_per_step,
         num_local_examples=num_local,
         seed=seed,
+        deterministic=deterministic,
         step=start_step,
     )
 

@@ -34,41 +34,50 @@ def _put(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def _offer(items: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    """Puts `item` on the queue unless `stop` is set first; returns whether it did."""
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _fill(source: Iterator, sharding, items: queue.Queue, stop: threading.Event) -> None:
+    # A plain function (no reference to the DevicePrefetcher), so that dropping the
+    # prefetcher lets it be collected, which stops this thread.
+    try:
+        for batch in source:
+            if not _offer(items, stop, _put(batch, sharding)):
+                return
+    except BaseException as error:  # noqa: BLE001 - handed to the consumer thread.
+        _offer(items, stop, error)
+        return
+    _offer(items, stop, _END)
+
+
 class DevicePrefetcher(Iterator):
     """Iterator that keeps up to `size` batches already placed on devices.
 
     A background thread pulls host batches from the source iterator, starts their
     transfer with `jax.device_put` and puts the device arrays on a queue of depth
-    `size`. Exceptions raised by the source are re-raised by `__next__`.
+    `size`. Exceptions raised by the source are re-raised by `__next__`. `close()` (or
+    dropping the iterator) stops the thread.
     """
 
     def __init__(self, iterator: Iterable, size: int, sharding: jax.sharding.Sharding) -> None:
-        self._source = iter(iterator)
-        self._sharding = sharding
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._fill, daemon=True, name="prefetch_to_device")
+        self._thread = threading.Thread(
+            target=_fill,
+            args=(iter(iterator), sharding, self._queue, self._stop),
+            daemon=True,
+            name="prefetch_to_device",
+        )
         self._thread.start()
-
-    def _offer(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fill(self) -> None:
-        try:
-            for batch in self._source:
-                if not self._offer(_put(batch, self._sharding)):
-                    return
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer thread.
-            self._offer(error)
-            return
-        self._offer(_END)
 
     def __next__(self) -> Any:
         if self._done:
@@ -83,7 +92,7 @@ class DevicePrefetcher(Iterator):
         return item
 
     def close(self) -> None:
-        """Stops the background thread (pending batches are dropped)."""
+        """Stops the background thread (batches not yet consumed are dropped)."""
         self._stop.set()
         self._done = True
         self._thread.join(timeout=5.0)

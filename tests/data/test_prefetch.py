@@ -57,7 +57,22 @@ def test_the_buffer_runs_ahead_by_size():
     ready.wait(timeout=10)
     # One consumed, two queued, one held by the producer waiting for room: no more.
     assert len(pulled) == 4
+    thread = it._thread
     it.close()
+    assert not thread.is_alive()
+
+
+def test_dropping_the_iterator_stops_its_thread():
+    def endless():
+        while True:
+            yield {"x": np.zeros(4, np.float32)}
+
+    it = data.prefetch_to_device(endless(), size=2)
+    next(it)
+    thread = it._thread
+    del it
+    thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 def test_errors_reach_the_consumer():

@@ -128,6 +128,18 @@ def test_decode_and_crop_for_every_encoding(photo):
     assert np.abs(fused - full).max() <= 10 and np.mean(fused != full) < 0.02
 
 
+def test_jpeg_decoding_uses_the_integer_fast_dct(photo):
+    # The original decodes with TF's default, INTEGER_FAST (IFAST), not the accurate DCT.
+    jpeg = tf.constant(encode(photo, "jpeg"))
+    decoded = pp.decode_image(jpeg).numpy()
+    fast = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_FAST").numpy()
+    accurate = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+    np.testing.assert_array_equal(decoded, fast)
+    assert not np.array_equal(decoded, accurate)
+    full = [0, 0, *photo.shape[:2]]
+    np.testing.assert_array_equal(pp.decode_and_crop(jpeg, lambda s: tf.constant(full)), fast)
+
+
 def test_train_crop_maths_are_the_same_for_jpeg_png_and_arrays(photo):
     jpeg = encode(photo, "jpeg")
     decoded_jpeg = tf.io.decode_jpeg(jpeg, channels=3).numpy()
@@ -238,8 +250,8 @@ def test_augment_and_normalize(photo):
     image = pp.resize(photo, 40).numpy()  # floats outside [0, 255] at sharp edges
     plain = pp.augment_and_normalize(image, parse_augment_name(None), SEED).numpy()
     np.testing.assert_allclose(plain, np_normalize(image), atol=1e-5)
-    # RandAugment first clips and truncates to uint8; at M = 5 with only no-op-free
-    # draws the result is still on the uint8 grid.
+    # RandAugment first clips and truncates to uint8, so the result lies on the uint8
+    # grid within [0, 255].
     ra = pp.augment_and_normalize(image, parse_augment_name("randaugment_205"), SEED).numpy()
     pixels = ra * np.array(pp.STDDEV_RGB) + np.array(pp.MEAN_RGB)
     np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
