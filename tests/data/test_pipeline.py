@@ -99,6 +99,24 @@ def test_eval_hosts_read_disjoint_shards_with_equal_batch_counts():
     )
 
 
+def test_eval_with_more_processes_than_examples():
+    kwargs = dict(
+        split="validation[:3]",
+        local_device_count=1,
+        per_device_batch=2,
+        image_size=S,
+        eval_preproc="resize",
+        process_count=5,
+    )
+    masks = [
+        [b["mask"] for b in data.eval_iterator("digits", process_index=p, **kwargs)]
+        for p in range(5)
+    ]
+    # One batch everywhere; processes 0-2 hold one example each, 3-4 only padding.
+    assert [len(m) for m in masks] == [1] * 5
+    assert [float(m[0].sum()) for m in masks] == [1, 1, 1, 0, 0]
+
+
 def test_eval_flat_layout_and_bfloat16():
     it = data.eval_iterator(
         "digits",
