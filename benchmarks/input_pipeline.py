@@ -242,7 +242,7 @@ def format_section(rows: list[list[str]], machine: str, cores: int) -> str:
         f"{PER_DEVICE_BATCH}. '1 core' restricts tf.data to one thread; the other column "
         "uses its default pool. Mixed training images each consume two decoded source "
         "images. Eval at S decodes the whole image and resizes to S + 32; its figure "
-        "excludes building the pipeline (about 0.3 s per pass). Each figure is the best of "
+        "excludes building the pipeline of each pass. Each figure is the best of "
         f"{WINDOWS} windows of {MIN_SECONDS / WINDOWS:.0f} s after a warm-up.",
         f"Machine: {machine}. The cores were shared with other jobs while measuring, so "
         "figures vary by 10-30% between runs.",

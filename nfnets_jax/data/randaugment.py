@@ -109,7 +109,8 @@ def blend(image1: tf.Tensor, image2: tf.Tensor, factor: float) -> tf.Tensor:
         uint8 image.
 
     Example:
-        >>> blend(tf.zeros([2, 2, 3], tf.uint8), tf.fill([2, 2, 3], tf.uint8(100)), 0.5)
+        >>> grey = tf.fill([2, 2, 3], tf.constant(100, tf.uint8))
+        >>> blend(tf.zeros([2, 2, 3], tf.uint8), grey, 0.5)  # all pixels 50
     """
     if factor == 0.0:
         return image1
