@@ -151,38 +151,6 @@ def parameter_table(params: hk.Params) -> str:
     return "\n".join(lines)
 
 
-class _Prefetcher:
-    """Puts host batches on the devices `size` batches ahead, in a background thread."""
-
-    def __init__(self, iterator: Iterator, put_fn, size: int = 2):
-        import queue
-
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._sentinel = object()
-
-        def work():
-            try:
-                for item in iterator:
-                    self._queue.put(put_fn(item))
-            except BaseException as error:  # noqa: BLE001 - re-raised in the consumer.
-                self._queue.put(error)
-            self._queue.put(self._sentinel)
-
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self._queue.get()
-        if item is self._sentinel:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-
 class _SigtermFlag:
     """Records SIGTERM (preemption) so the loop can checkpoint at a step boundary."""
 
@@ -221,7 +189,9 @@ def _eval_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper):
 def evaluate(config, plan, mapper, eval_fn, params, model_state) -> dict[str, float]:
     """Top-1/top-5/loss of (device-layout) `params` over the whole eval split."""
     totals = None
-    batches = _Prefetcher(_eval_iterator(config, plan, mapper), mapper.put_batch)
+    batches = data.prefetch_to_device(
+        _eval_iterator(config, plan, mapper), size=2, sharding=mapper.batch_sharding
+    )
     for batch in batches:
         sums = eval_fn(params, model_state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -383,7 +353,7 @@ def train_and_evaluate(
         process_count=jax.process_count(),
         flatten_devices=mapper.flatten_batches,
     )
-    batches = _Prefetcher(train_iter, mapper.put_batch)
+    batches = data.prefetch_to_device(train_iter, size=2, sharding=mapper.batch_sharding)
     sigterm = _SigtermFlag()
     interval_metrics: list[dict[str, jax.Array]] = []
     pending: tuple[int, dict[str, jax.Array]] | None = None

@@ -132,20 +132,17 @@ class DeviceMapper:
         return jax.jit(mapped)
 
     # ----------------------------------------------------------------- data
-    def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Places one host-local batch on the devices.
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """How host batches go on the devices (pass it to `data.prefetch_to_device`).
 
-        pmap: leaves are `[local_devices, per_device_batch, ...]`; shard_map: leaves are
-        `[local_batch, ...]` and become global arrays sharded over every process.
+        pmap: leaves are `[local_devices, per_device_batch, ...]`, one row per local
+        device. shard_map: leaves are `[local_batch, ...]`, and every process's rows
+        together form the global batch sharded over all devices.
         """
         if self.parallelism == "pmap":
-            sharding = NamedSharding(self.local_mesh, P(AXIS))
-            return {k: jax.device_put(v, sharding) for k, v in batch.items()}
-        sharding = NamedSharding(self.mesh, P(AXIS))
-        return {
-            k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()
-        }
+            return NamedSharding(self.local_mesh, P(AXIS))
+        return NamedSharding(self.mesh, P(AXIS))
 
     # ----------------------------------------------------------------- state layout
     def to_device_state(self, state):

@@ -78,7 +78,7 @@ def _run(parallelism, devices, batches, accum=1):
             batch = {
                 k: v.reshape((len(devices), per_device) + v.shape[1:]) for k, v in batch.items()
             }
-        device_state, metrics = fn(device_state, mapper.put_batch(batch))
+        device_state, metrics = fn(device_state, jax.device_put(batch, mapper.batch_sharding))
         losses.append(float(metrics["loss"]))
     final = jax.device_get(mapper.from_device_state(device_state))
     return losses, final, metrics
