@@ -40,7 +40,8 @@ def count_conv_flops(in_ch: int, conv: hk.Conv2D, h: float, w: float) -> float:
         The MAC count (a float; exact for SAME padding and divisible sizes).
 
     Example:
-        >>> count_conv_flops(3, hk.Conv2D(16, 3, stride=2), 224, 224)
+        >>> conv = hk.transform(lambda: hk.Conv2D(16, 3, stride=2)).apply({}, None)
+        >>> count_conv_flops(3, conv, 224, 224)
         5419008.0
     """
     kh, kw = conv.kernel_shape

@@ -75,6 +75,7 @@ def compute_dtype_scope(compute_dtype: Any) -> Iterator[np.dtype]:
         The resolved compute dtype.
 
     Example:
+        >>> import jax
         >>> def f(x):
         ...     with compute_dtype_scope(jnp.bfloat16) as dt:
         ...         return hk.Linear(2)(x.astype(dt))
