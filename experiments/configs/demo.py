@@ -31,10 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
             se_ratio=0.5,
             alpha=0.2,
             stochdepth_rate=0.1,
-            drop_rate=0.1,
+            drop_rate=0.25,
             activation="gelu",
             final_conv_mult=2,
             use_two_convs=True,
+            conv_impl="auto",  # grouped convs: per-group on CPU, native elsewhere
         )
     )
     config.dataset.update(
@@ -50,9 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.train_batch_size = 64
     config.eval_batch_size = 120
-    config.num_epochs = 25.0
+    config.num_epochs = 40.0
     config.optimizer.base_lr = 0.4
     config.optimizer.lr_scale_by_bs = False
+    # 1,437 training images: stronger weight decay than ImageNet's 2e-5 against overfitting.
+    config.optimizer.weight_decay = 5e-4
     config.optimizer.clipping = 0.04  # small batches tolerate a larger ratio (paper Fig. 2)
     config.optimizer.schedule.warmup_epochs = 2.0
     config.bfloat16 = False  # bfloat16 convolutions are slow on most CPUs

@@ -230,6 +230,7 @@ def train_and_evaluate(
       ConfigError: the config is invalid (raised before any data or device work).
       NonFiniteLossError: a step produced a non-finite loss or gradient.
     """
+    writers.quiet_library_logs()
     mapper = parallel.DeviceMapper(config.parallelism)
     config_lib.validate_config(config, num_devices=mapper.num_devices)
     plan = plan_run(config, mapper)
@@ -456,6 +457,7 @@ def train_and_evaluate(
                 and step_number < plan.total_steps
             ):
                 run_eval(device_state, step_number)
+                interval_start, interval_steps = time.time(), 0  # keep eval out of img/s
 
         if pending is not None:
             check_finite(*pending)
@@ -472,23 +474,45 @@ def train_and_evaluate(
         writer.close()
 
 
-def restore_params(
-    workdir_or_checkpoint: str, config: ml_collections.ConfigDict, *, use_ema: bool = True
-) -> tuple[hk.Params, hk.State]:
-    """Loads (EMA) params and model state of the newest checkpoint in a run directory."""
+def restore_state(
+    workdir_or_checkpoints: str, config: ml_collections.ConfigDict, *, step: int | None = None
+) -> TrainState:
+    """Reads a run's `TrainState` (newest readable checkpoint, or `step`) on the host.
+
+    Args:
+      workdir_or_checkpoints: a run directory (with `checkpoints/`) or the checkpoint
+        directory itself.
+      config: the run's config (it defines the model and optimizer state shapes).
+      step: a specific checkpoint step instead of the newest one.
+
+    Raises:
+      CheckpointError: no (readable) checkpoint.
+    """
     mapper = parallel.DeviceMapper(config.parallelism)
     setup = build_setup(config, plan_run(config, mapper), mapper)
-    directory = workdir_or_checkpoint
+    directory = workdir_or_checkpoints
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
+    if not os.path.isdir(directory):
+        raise checkpoint_lib.CheckpointError(f"No checkpoint directory at {directory}.")
     checkpointer = checkpoint_lib.Checkpointer(directory, async_save=False)
     try:
-        restored = checkpointer.restore_latest(setup.abstract_state)
+        if step is not None:
+            restored = checkpointer.restore(step, setup.abstract_state)
+        else:
+            restored = checkpointer.restore_latest(setup.abstract_state)
     finally:
         checkpointer.close()
     if restored is None:
         raise checkpoint_lib.CheckpointError(f"No checkpoint found in {directory}.")
-    state, _ = restored
+    return jax.device_get(restored[0])
+
+
+def restore_params(
+    workdir_or_checkpoints: str, config: ml_collections.ConfigDict, *, use_ema: bool = True
+) -> tuple[hk.Params, hk.State]:
+    """(EMA) params and model state of a run's newest checkpoint, on the host."""
+    state = restore_state(workdir_or_checkpoints, config)
     if use_ema and state.ema_params is not None:
         return state.ema_params, state.ema_state
     return state.params, state.model_state

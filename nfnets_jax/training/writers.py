@@ -7,6 +7,7 @@ multi-host runs produce one set of logs.
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import math
 import os
 import time
@@ -105,5 +106,25 @@ class MetricWriter:
 
 
 def log_line(text: str) -> None:
-    """Console output of process 0 (absl logging, which also reaches log files)."""
-    logging.info("%s", text)
+    """One line of run progress: printed with the time, and sent to absl's log files."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    logging.debug("%s", text)
+
+
+class _DropLibraryInfo(pylogging.Filter):
+    """Drops INFO records of chatty libraries (orbax logs every save in detail)."""
+
+    _QUIET = (os.sep + "orbax" + os.sep, os.sep + "tensorflow_datasets" + os.sep)
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if record.levelno >= pylogging.WARNING:
+            return True
+        return not any(part in record.pathname for part in self._QUIET)
+
+
+def quiet_library_logs() -> None:
+    """Keeps orbax's and tfds's INFO messages out of the console (warnings still show)."""
+    handler_filter = _DropLibraryInfo()
+    absl_logger = pylogging.getLogger("absl")
+    if not any(isinstance(f, _DropLibraryInfo) for f in absl_logger.filters):
+        absl_logger.addFilter(handler_filter)
