@@ -1,1 +1,50 @@
-"""nfnets_jax.models."""
+"""Normalizer-Free models in Haiku: NFNets, NF-ResNets, NF-RegNets and their layers.
+
+Constructors, calls and parameter trees match DeepMind's release (arXiv:2102.06171,
+arXiv:2101.08692), so their code runs unchanged and ``F0..F6_haiku.npz`` weights load.
+"""
+
+from nfnets_jax.models.activations import GAMMAS, get_activation, nonlinearities
+from nfnets_jax.models.conv import CONV_IMPLS, grouped_conv, resolve_conv_impl
+from nfnets_jax.models.flops import count_conv_flops, count_flops, traced_macs
+from nfnets_jax.models.layers import SqueezeExcite, StochDepth, WSConv2D
+from nfnets_jax.models.nf_regnet import NF_RegNet, NFRegNet, NFRegNetBlock, nf_regnet_params
+from nfnets_jax.models.nf_resnet import NF_ResNet, NFResBlock, NFResNet, nf_resnet_params
+from nfnets_jax.models.nfnet import NFBlock, NFNet, nfnet_params
+from nfnets_jax.models.precision import compute_dtype_scope, resolve_compute_dtype
+from nfnets_jax.models.registry import get_model, model_names, register_model
+from nfnets_jax.models.signal_prop import BlockSpec, block_schedule, signal_metrics
+
+__all__ = [
+    "CONV_IMPLS",
+    "GAMMAS",
+    "BlockSpec",
+    "NFBlock",
+    "NFNet",
+    "NFRegNet",
+    "NFRegNetBlock",
+    "NFResBlock",
+    "NFResNet",
+    "NF_RegNet",
+    "NF_ResNet",
+    "SqueezeExcite",
+    "StochDepth",
+    "WSConv2D",
+    "block_schedule",
+    "compute_dtype_scope",
+    "count_conv_flops",
+    "count_flops",
+    "get_activation",
+    "get_model",
+    "grouped_conv",
+    "model_names",
+    "nf_regnet_params",
+    "nf_resnet_params",
+    "nfnet_params",
+    "nonlinearities",
+    "register_model",
+    "resolve_compute_dtype",
+    "resolve_conv_impl",
+    "signal_metrics",
+    "traced_macs",
+]
