@@ -1,0 +1,1 @@
+"""Speed and memory measurements; each script records its own section of BENCHMARKS.md."""

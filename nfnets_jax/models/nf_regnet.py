@@ -93,6 +93,24 @@ class NFRegNetBlock(hk.Module):
         *,
         conv_impl: str = "auto",
     ):
+        """Builds the block (arguments as DeepMind's NF-RegNet ``NFBlock``).
+
+        Args:
+            in_ch: input channels.
+            out_ch: output channels.
+            expansion: expansion of ``in_ch`` (1 for the network's first block).
+            se_ratio: Squeeze-Excite hidden ratio of the expanded width.
+            kernel_size: size of the grouped ``conv1``.
+            group_size: channels per group of ``conv1`` (8).
+            stride: stride of ``conv1`` and of the pooled shortcut.
+            beta: multiplier on the activated input, ``1 / expected_std``.
+            alpha: residual branch scale.
+            which_conv: the convolution class (``WSConv2D``).
+            activation: the (gamma-scaled) activation callable.
+            stochdepth_rate: this block's rate; a module exists only if in (0, 1).
+            name: module name (``nf_block`` / ``nf_block_{k}``).
+            conv_impl: grouped conv lowering (see :mod:`nfnets_jax.models.conv`).
+        """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
         self.stride, self.beta, self.alpha = stride, beta, alpha

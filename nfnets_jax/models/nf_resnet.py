@@ -82,6 +82,25 @@ class NFResBlock(hk.Module):
         *,
         conv_impl: str = "auto",
     ):
+        """Builds the block (arguments as DeepMind's ``NFResBlock``).
+
+        Args:
+            in_ch: input channels.
+            out_ch: output channels; the bottleneck has ``int(out_ch * bottleneck_ratio)``.
+            bottleneck_ratio: bottleneck width ratio (0.25).
+            kernel_size: size of ``conv1``.
+            stride: stride of ``conv1`` and of the 1x1 projection shortcut.
+            beta: multiplier on the activated input, ``1 / expected_std``.
+            alpha: residual branch scale.
+            which_conv: the convolution class (``WSConv2D``).
+            activation: the (gamma-scaled) activation callable.
+            skipinit_gain: initializer of the scalar ``skip_gain`` (zeros).
+            stochdepth_rate: this block's rate; a module exists only if in (0, 1).
+            use_se: add Squeeze-Excite (``2 * gate``) after ``conv2``.
+            se_ratio: Squeeze-Excite hidden ratio.
+            name: module name.
+            conv_impl: grouped conv lowering (unused: no grouped convs here).
+        """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
         self.stride, self.beta, self.alpha = stride, beta, alpha

@@ -101,6 +101,32 @@ class NFBlock(hk.Module):
         *,
         conv_impl: str = "auto",
     ):
+        """Builds the block (arguments as DeepMind's ``NFBlock``).
+
+        Args:
+            in_ch: input channels.
+            out_ch: output channels.
+            expansion: bottleneck ratio (0.5 in every F variant).
+            se_ratio: Squeeze-Excite hidden ratio of ``out_ch``.
+            kernel_shape: size of the grouped convs.
+            group_size: channels per group of the grouped convs (128).
+            stride: stride of ``conv1`` and of the pooled shortcut.
+            beta: multiplier on the activated input, ``1 / expected_std``.
+            alpha: residual branch scale.
+            which_conv: the convolution class (``WSConv2D``).
+            activation: the (gamma-scaled) activation callable.
+            big_width: bottleneck width from ``out_ch`` (True) or ``in_ch``.
+            use_two_convs: include ``conv1b``.
+            stochdepth_rate: this block's rate; a module exists only if in (0, 1).
+            name: module name (``nf_block`` / ``nf_block_{k}`` in NFNets).
+            conv_impl: grouped conv lowering (see :mod:`nfnets_jax.models.conv`).
+
+        Example:
+            >>> block = hk.transform(lambda x: NFBlock(16, 16, group_size=8)(x, False))
+            >>> x = jnp.ones((1, 8, 8, 16))
+            >>> block.apply(block.init(jax.random.key(0), x), None, x)[0].shape
+            (1, 8, 8, 16)
+        """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
         self.expansion, self.se_ratio = expansion, se_ratio
