@@ -12,7 +12,7 @@ import ml_collections
 from nfnets_jax.training.config import ConfigError
 
 _NFNET_VARIANTS = [f"F{i}" for i in range(8)]
-_NF_RESNET_DEPTHS = (26, 50, 101, 152, 200, 288)
+_NF_RESNET_DEPTHS = (26, 50, 101, 152, 200, 288, 600)
 _NF_REGNET_VARIANTS = [f"B{i}" for i in range(9)]
 
 # preset name -> (config module in this package, argument of its get_config).

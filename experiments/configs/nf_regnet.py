@@ -64,6 +64,7 @@ def get_config(variant: str = "B0") -> ml_collections.ConfigDict:
             base_lr=0.4,
             lr_scale_by_bs=False,
             weight_decay=5e-5 + 1e-5 * level,
+            clipping=None,  # plain SGD: no AGC in the NF-RegNet recipe
         )
     )
     config.optimizer.schedule.min_val = 0.001

@@ -31,7 +31,9 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]
 
 
 def _parse_value(path: str, text: str, current):
-    """Parses `text` to the type of the field's current value."""
+    """Parses `text` to the type of the field's current value (`None` unsets it)."""
+    if text.strip() in ("None", "none", "null"):
+        return None
     if isinstance(current, bool):
         lowered = text.strip().lower()
         if lowered in ("true", "1", "yes"):

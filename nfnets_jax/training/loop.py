@@ -18,7 +18,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import haiku as hk
@@ -267,12 +266,12 @@ def train_and_evaluate(
             state = weights.init_state_from_checkpoint(
                 state, config.init_from, rng=jax.random.fold_in(rng, 2), mapper=mapper
             )
-    start_step = int(jax.device_get(state.step))
+    start_step = int(parallel.host_copy(state.step))
 
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        table = parameter_table(jax.device_get(state.params))
+        table = parameter_table(parallel.host_copy(state.params))
         with open(os.path.join(workdir, "params.txt"), "w", encoding="utf-8") as f:
             f.write(table + "\n")
         writer.write_text("config", f"```\n{config}\n```", start_step)
@@ -505,7 +504,7 @@ def restore_state(
         checkpointer.close()
     if restored is None:
         raise checkpoint_lib.CheckpointError(f"No checkpoint found in {directory}.")
-    return jax.device_get(restored[0])
+    return parallel.host_copy(restored[0])
 
 
 def restore_params(

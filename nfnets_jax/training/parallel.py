@@ -16,7 +16,7 @@ without copying through the host.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +27,26 @@ from jax.sharding import PartitionSpec as P
 from nfnets_jax.training.step import AXIS
 
 PARALLELISMS = ("pmap", "shard_map")
+
+
+def local_replica(tree):
+    """This process's copy of replicated arrays, so `jax.device_get` works multi-host.
+
+    A global array replicated over every process's devices is not fully addressable from
+    any one process; each process reads its own (identical) replica instead.
+    """
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x.addressable_data(0)
+        return x
+
+    return jax.tree.map(local, tree)
+
+
+def host_copy(tree):
+    """Numpy copy of (replicated) state on this host, single- or multi-host."""
+    return jax.device_get(local_replica(tree))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +133,13 @@ class DeviceMapper:
             out_specs=(P(), P()),
             check_vma=False,
         )
-        return jax.jit(mapped, donate_argnums=(0,) if donate else ())
+        jitted = jax.jit(mapped, donate_argnums=(0,) if donate else ())
+
+        def run_sharded(state, batch):
+            state, metrics = jitted(state, batch)
+            return state, local_replica(metrics)
+
+        return run_sharded
 
     def map_eval_step(self, eval_fn: Callable) -> Callable:
         """Maps `eval_fn(params, model_state, batch) -> summed metrics` over devices."""
@@ -126,10 +152,16 @@ class DeviceMapper:
             return lambda params, state, batch: jax.tree.map(
                 lambda m: m[0], mapped(params, state, batch)
             )
-        mapped = jax.shard_map(
-            eval_fn, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P(), check_vma=False
+        mapped = jax.jit(
+            jax.shard_map(
+                eval_fn,
+                mesh=self.mesh,
+                in_specs=(P(), P(), P(AXIS)),
+                out_specs=P(),
+                check_vma=False,
+            )
         )
-        return jax.jit(mapped)
+        return lambda params, state, batch: local_replica(mapped(params, state, batch))
 
     # ----------------------------------------------------------------- data
     @property

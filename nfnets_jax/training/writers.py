@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 
+import jax
 from absl import logging
 
 # Short console names for the training metrics, in display order.
@@ -106,7 +107,9 @@ class MetricWriter:
 
 
 def log_line(text: str) -> None:
-    """One line of run progress: printed with the time, and sent to absl's log files."""
+    """One line of run progress from process 0 (printed with the time, and logged)."""
+    if jax.process_index() != 0:
+        return
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
     logging.debug("%s", text)
 

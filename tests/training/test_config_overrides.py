@@ -38,6 +38,7 @@ def test_overrides_parse_to_field_types():
             ("model_kwargs.drop_rate", "0.3"),
             ("model_kwargs.width", "2"),
             ("optimizer.no_decay_patterns", "('bias',)"),
+            ("optimizer.base_lr", "None"),
         ],
     )
     assert config.train_batch_size == 256
@@ -46,6 +47,7 @@ def test_overrides_parse_to_field_types():
     assert config.model_kwargs.drop_rate == 0.3
     assert config.model_kwargs.width == 2.0 and isinstance(config.model_kwargs.width, float)
     assert config.optimizer.no_decay_patterns == ("bias",)
+    assert config.optimizer.base_lr is None
 
 
 def test_unknown_key_suggests_close_match():
