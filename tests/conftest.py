@@ -7,12 +7,20 @@ conftest.
 import ipaddress
 import os
 import socket
+import tempfile
 
 # Four fake CPU devices so every test can exercise real multi-device code paths.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Persistent XLA compilation cache shared by test processes and their subprocesses: the
+# same small models are compiled by many tests, and compilation dominates their time.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), "nfnets_jax_test_compilation_cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tfds and google-auth probe GCE metadata servers; never let them try.
 os.environ["NO_GCE_CHECK"] = "true"

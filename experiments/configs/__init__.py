@@ -1,0 +1,71 @@
+"""Named experiment presets and config loading for `--config=NAME` or `path.py[:arg]`."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+
+import ml_collections
+
+from nfnets_jax.training.config import ConfigError
+
+_NFNET_VARIANTS = [f"F{i}" for i in range(8)]
+_NF_RESNET_DEPTHS = (26, 50, 101, 152, 200, 288, 600)
+_NF_REGNET_VARIANTS = [f"B{i}" for i in range(9)]
+
+# preset name -> (config module in this package, argument of its get_config).
+PRESETS: dict[str, tuple[str, str | None]] = {
+    **{f"nfnet_{v.lower()}": ("nfnet", v) for v in _NFNET_VARIANTS},
+    **{f"nfnet_{v.lower()}_plus": ("nfnet", v + "+") for v in _NFNET_VARIANTS},
+    **{f"nf_resnet{d}": ("nf_resnet", f"ResNet{d}") for d in _NF_RESNET_DEPTHS},
+    **{f"nf_regnet_{v.lower()}": ("nf_regnet", v) for v in _NF_REGNET_VARIANTS},
+    "nfnet_demo": ("demo", None),
+}
+
+
+def _call_get_config(module, arg: str | None, origin: str) -> ml_collections.ConfigDict:
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{origin} has no get_config() function.")
+    try:
+        return module.get_config(arg) if arg is not None else module.get_config()
+    except ValueError as error:
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Builds the config named by `spec`.
+
+    Args:
+      spec: a preset name (`nfnet_f0`, `nfnet_f3_plus`, `nf_resnet50`, `nf_regnet_b2`,
+        `nfnet_demo`, ...; see `PRESETS`) or a config file `path/to/file.py[:arg]` whose
+        `get_config(arg)` returns a `ConfigDict`.
+
+    Raises:
+      ConfigError: unknown preset (with close matches), missing file, or a file without
+        `get_config`.
+    """
+    if not spec:
+        raise ConfigError(
+            "No config given: pass --config=NAME (e.g. nfnet_demo, nfnet_f0) or "
+            "--config=path/to/config.py[:arg]."
+        )
+    if spec in PRESETS:
+        module_name, arg = PRESETS[spec]
+        module = importlib.import_module(f"experiments.configs.{module_name}")
+        return _call_get_config(module, arg, f"preset {spec!r}")
+    path, _, arg = spec.partition(":")
+    if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise ConfigError(f"Config file {path!r} does not exist.")
+        module_spec = importlib.util.spec_from_file_location("_user_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return _call_get_config(module, arg or None, f"config file {path!r}")
+    close = difflib.get_close_matches(spec, PRESETS, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"Unknown config {spec!r}.{hint} Presets: {', '.join(PRESETS)}; or pass a file "
+        "path/to/config.py[:arg]."
+    )

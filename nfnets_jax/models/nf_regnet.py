@@ -16,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import haiku as hk
@@ -29,7 +29,7 @@ from nfnets_jax.models.conv import validate_conv_impl
 from nfnets_jax.models.flops import count_conv_flops
 from nfnets_jax.models.layers import SqueezeExcite, StochDepth, WSConv2D
 from nfnets_jax.models.precision import compute_dtype_scope, resolve_compute_dtype
-from nfnets_jax.models.validation import check_fraction, check_positive_int
+from nfnets_jax.models.validation import check_fraction, check_positive_int, check_positive_ints
 
 # Base stage widths, depths, train/test resolution and dropout per variant (DeepMind's
 # `base.nf_regnet_params`; spec section 1.2).
@@ -205,6 +205,7 @@ class NFRegNet(hk.Module):
         fc_init: hk.initializers.Initializer | None = None,
         name: str = "NF_RegNet",
         *,
+        depth_pattern: Sequence[int] | None = None,
         compute_dtype: Any = None,
         conv_impl: str = "auto",
     ):
@@ -224,6 +225,8 @@ class NFRegNet(hk.Module):
                 ``'silu'`` by default (the original's ``'swish'`` default crashed).
             fc_init: classifier weight initializer; default zeros.
             name: module name.
+            depth_pattern: override of the variant's blocks per stage (beyond the
+                original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
             conv_impl: grouped conv lowering, ``'auto'``, ``'native'`` or ``'per_group'``.
         """
@@ -239,7 +242,13 @@ class NFRegNet(hk.Module):
         self.width_pattern = [int(ch * width) for ch in params["width"]]
         if min(self.width_pattern) < 1:
             raise ValueError(f"width={width} makes a stage width 0: {self.width_pattern}.")
-        self.depth_pattern = list(params["depth"])
+        self.depth_pattern = check_positive_ints(
+            "depth_pattern", params["depth"] if depth_pattern is None else depth_pattern
+        )
+        if len(self.depth_pattern) != len(STAGE_STRIDES):
+            raise ValueError(
+                f"depth_pattern needs {len(STAGE_STRIDES)} stages, got {self.depth_pattern}."
+            )
         group_size = check_positive_int("group_size", group_size)
         if expansion <= 0:
             raise ValueError(f"expansion must be positive, got {expansion}.")

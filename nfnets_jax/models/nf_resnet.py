@@ -20,7 +20,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import haiku as hk
@@ -33,7 +33,7 @@ from nfnets_jax.models.conv import validate_conv_impl
 from nfnets_jax.models.flops import count_conv_flops
 from nfnets_jax.models.layers import SqueezeExcite, StochDepth, WSConv2D
 from nfnets_jax.models.precision import compute_dtype_scope, resolve_compute_dtype
-from nfnets_jax.models.validation import check_fraction, check_positive_int
+from nfnets_jax.models.validation import check_fraction, check_positive_int, check_positive_ints
 
 #: Blocks per stage (He et al. 2016; ResNet-26/288/600 as in the NF papers) and our
 #: default dropout per variant (see the module docstring).
@@ -191,6 +191,7 @@ class NFResNet(hk.Module):
         use_se: bool = False,
         name: str = "NF_ResNet",
         *,
+        depth_pattern: Sequence[int] | None = None,
         compute_dtype: Any = None,
         conv_impl: str = "auto",
     ):
@@ -210,6 +211,8 @@ class NFResNet(hk.Module):
             skipinit_gain: initializer of each block's scalar ``skip_gain`` (zeros).
             use_se: add Squeeze-Excite (``2 * gate``) after ``conv2``.
             name: module name.
+            depth_pattern: override of the variant's blocks per stage (beyond the
+                original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
             conv_impl: grouped conv lowering (NF-ResNets have no grouped convs).
         """
@@ -222,7 +225,14 @@ class NFResNet(hk.Module):
         self.variant = variant
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.width = check_positive_int("width", width)
-        self.depth_pattern = list(nf_resnet_params[variant]["depth"])
+        self.depth_pattern = check_positive_ints(
+            "depth_pattern",
+            nf_resnet_params[variant]["depth"] if depth_pattern is None else depth_pattern,
+        )
+        if len(self.depth_pattern) != len(STAGE_STRIDES):
+            raise ValueError(
+                f"depth_pattern needs {len(STAGE_STRIDES)} stages, got {self.depth_pattern}."
+            )
         drop_rate = nf_resnet_params[variant]["drop_rate"] if drop_rate is None else drop_rate
         self.drop_rate = check_fraction("drop_rate", drop_rate)
         self.stochdepth_rate = check_fraction("stochdepth_rate", stochdepth_rate)

@@ -69,3 +69,11 @@ def test_forward_outputs_and_metrics_shapes():
     out = jax.eval_shape(forward.apply, params, jax.random.key(1), x)
     assert out["logits"].shape == (2, 10) and out["pool"].shape == (2, 960)
     assert len(out) == 2 + 17 + 17 + 16  # pool, logits, avg_sq_mean/avg_var 0..16, res 0..15
+
+
+def test_depth_pattern_override_builds_fewer_blocks():
+    params = abstract_params(lambda: NFRegNet(10, "B0", depth_pattern=(1, 1, 2, 1)))
+    blocks = {k.split("/~/")[1] for k in params if "nf_block" in k}
+    assert len(blocks) == 5
+    with pytest.raises(ValueError, match="positive"):
+        abstract_params(lambda: NFRegNet(10, "B0", depth_pattern=(1, 0, 1, 1)))

@@ -69,3 +69,11 @@ def test_names_alias_and_errors():
         hk.transform(lambda: NFResNet(10, "ResNet18")).apply({}, None)
     with pytest.raises(ValueError, match="width must be a positive integer"):
         hk.transform(lambda: NFResNet(10, width=0)).apply({}, None)
+
+
+def test_depth_pattern_override_builds_fewer_blocks():
+    params = abstract_params(lambda: NFResNet(10, "ResNet50", width=1, depth_pattern=(1, 2, 1, 1)))
+    blocks = {k.split("/~/")[1] for k in params if "nf_res_block" in k}
+    assert len(blocks) == 5
+    with pytest.raises(ValueError, match="depth_pattern needs 4 stages"):
+        abstract_params(lambda: NFResNet(10, "ResNet50", depth_pattern=(1, 1)))

@@ -1,0 +1,58 @@
+"""Fields every experiment config has, with the NFNet recipe's values as defaults.
+
+Per-family configs (`nfnet.py`, `nf_resnet.py`, `nf_regnet.py`, `demo.py`) start from
+`base_config()` and change what their recipe changes.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from nfnets_jax import optim
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167  # tfds imagenet2012 'train' (spec section 6.1).
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """An unlocked config with every field the training loop reads."""
+    config = ml_collections.ConfigDict()
+    config.model = "NFNet"
+    config.model_kwargs = ml_collections.ConfigDict()
+
+    config.dataset = ml_collections.ConfigDict(
+        dict(
+            name="imagenet2012",
+            data_dir=None,  # tfds data_dir; None uses TFDS_DATA_DIR / ~/tensorflow_datasets.
+            train_split="",  # "" means the dataset's default training split.
+            eval_split="",  # "" means the dataset's default evaluation split.
+            num_classes=-1,  # -1 means the dataset's number of classes.
+            image_size=224,
+            eval_image_size=224,
+            train_preproc="inception_crop",
+            eval_preproc="crop_resize",
+            augment_name="",
+            augment_before_mix=False,
+            seed=-1,  # -1: fast non-deterministic input; >= 0: reproducible stream.
+        )
+    )
+    config.train_batch_size = 4096
+    config.eval_batch_size = 1000
+    config.num_epochs = 90.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+    config.grad_accum_steps = 1
+
+    config.optimizer = optim.nfnet_optimizer_config()
+    config.label_smoothing = 0.1
+    config.use_ema = True
+    config.ema_decay = 0.99999
+    config.bfloat16 = True
+    config.parallelism = "pmap"
+    config.seed = 0
+
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # 0: evaluate only at the end.
+    config.checkpoint_every_steps = 1000
+    config.checkpoint_every_secs = 600.0
+    config.keep_checkpoints = 3
+    config.init_from = ""  # a released .npz (pickle), an exported .npz or a run directory.
+    return config

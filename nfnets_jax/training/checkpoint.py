@@ -1,0 +1,120 @@
+"""Training checkpoints on disk with orbax: periodic, keep-last-N, corruption fallback.
+
+A checkpoint holds the whole `TrainState` (params, optimizer state, EMA, step, RNG) plus a
+small JSON record (step, global batch, data seed, config) so a resumed run continues the
+same data stream at the same position. Orbax writes each step to a temporary directory
+and renames it when complete, so a run killed mid-save leaves the previous checkpoint as
+the latest; a checkpoint that is damaged afterwards is skipped with a warning in favour
+of the one before it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint could be restored."""
+
+
+class Checkpointer:
+    """Saves and restores canonical (replicated) train states in `directory`.
+
+    Args:
+      directory: where step directories go (created if needed).
+      max_to_keep: how many recent checkpoints to keep (older ones are deleted).
+      async_save: write in a background thread (the step loop continues meanwhile).
+    """
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        """Writes `state` (global jax.Arrays or numpy) and `meta` (JSON) as `step`."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Reads checkpoint `step` into arrays shaped/sharded like `abstract_state`."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint, or returns None if there is none.
+
+        A checkpoint that fails to load (truncated or deleted files, wrong shapes) is
+        skipped with a warning and the previous one is tried.
+
+        Raises:
+          CheckpointError: checkpoints exist but none of them can be read.
+        """
+        steps = self.all_steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                return self.restore(step, abstract_state)
+            except Exception as error:  # noqa: BLE001 - any read failure means "unusable".
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                failures.append(f"step {step}: {message}")
+                logging.warning(
+                    "Checkpoint at step %d in %s cannot be restored (%s); falling back to the "
+                    "previous checkpoint.",
+                    step,
+                    self.directory,
+                    message,
+                )
+        if failures:
+            raise CheckpointError(
+                f"None of the checkpoints in {self.directory} can be restored:\n  "
+                + "\n  ".join(failures)
+                + "\nDelete the damaged step directories to start again from the newest good "
+                "one, or pass a new --workdir to start from scratch."
+            )
+        return None
+
+    def wait(self) -> None:
+        """Blocks until any background save has finished."""
+        self._manager.wait_until_finished()
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once the cluster has been told to preempt (multi-host)."""
+        if jax.process_count() == 1:
+            return False
+        return bool(self._manager.reached_preemption(step))
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,226 @@
+"""Experiment configs: command-line overrides and start-up validation.
+
+Configs are plain `ml_collections.ConfigDict`s built by `experiments/configs/*.py`. This
+module applies `--config.a.b=value` overrides with clear errors (unknown keys name their
+closest matches; values are parsed to the field's type) and validates a config before
+any data or device work, so mistakes stop a run in its first second with one message.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+from collections.abc import Iterable, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config is malformed or inconsistent; the message says what to change."""
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(_flat_keys(value, path + "."))
+    return keys
+
+
+def _parse_value(path: str, text: str, current):
+    """Parses `text` to the type of the field's current value (`None` unsets it)."""
+    if text.strip() in ("None", "none", "null"):
+        return None
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{path}={text}: expected true or false.")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--config.{path}={text}: expected an integer.") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{path}={text}: expected a number.") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, tuple | list) or current is None:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            if current is None:
+                return text  # a bare word for a field that is unset by default
+            raise ConfigError(
+                f"--config.{path}={text}: expected a Python literal such as '(1, 2)'."
+            ) from None
+        if isinstance(current, tuple | list):
+            if not isinstance(value, tuple | list):
+                value = (value,)
+            return type(current)(value)
+        return value
+    raise ConfigError(f"--config.{path}: fields of type {type(current).__name__} cannot be set.")
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]
+) -> ml_collections.ConfigDict:
+    """Sets `a.b.c=value` overrides on `config`, in order.
+
+    Args:
+      config: the config to modify (in place; it may be locked).
+      overrides: `(dotted_path, text)` pairs as typed on the command line.
+
+    Returns:
+      `config`, for chaining.
+
+    Raises:
+      ConfigError: an unknown key (with suggestions) or a value of the wrong type.
+    """
+    known = _flat_keys(config)
+    for path, text in overrides:
+        parent = config
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(parent, ml_collections.ConfigDict) or part not in parent:
+                close = difflib.get_close_matches(path, known, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"Unknown config key {path!r}.{hint}")
+            if depth < len(parts) - 1:
+                parent = parent[part]
+        leaf = parts[-1]
+        current = parent[leaf]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"--config.{path} is a group of settings; set one of its keys, e.g. "
+                f"--config.{path}.{next(iter(current.keys()), 'key')}=..."
+            )
+        with parent.unlocked():
+            parent[leaf] = _parse_value(path, text, current)
+    return config
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """Separates `--config=SPEC` and `--config.a.b=value` from the other arguments.
+
+    Returns:
+      `(spec, overrides, rest)` with `rest` still holding `argv[0]`.
+    """
+    spec, overrides, rest = None, [], [argv[0]] if argv else []
+    args = list(argv[1:])
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--config=") or arg == "--config":
+            spec = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+        elif arg.startswith("--config."):
+            body = arg[len("--config.") :]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            else:
+                if not args:
+                    raise ConfigError(f"{arg} needs a value: {arg}=VALUE.")
+                key, value = body, args.pop(0)
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+    return spec, overrides, rest
+
+
+def check_kwargs(callable_, kwargs: dict, what: str) -> list[str]:
+    """Names the keyword arguments `callable_` does not accept (empty if all fine)."""
+    try:
+        signature = inspect.signature(callable_)
+    except (TypeError, ValueError):
+        return []
+    params = signature.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return []
+    unknown = sorted(set(kwargs) - set(params))
+    if not unknown:
+        return []
+    accepted = ", ".join(k for k in params if k not in ("self", "name"))
+    return [f"{what} does not accept {', '.join(unknown)} (it takes: {accepted})."]
+
+
+def _positive_int(config, key, problems, allow_zero=False):
+    value = config.get(key)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        problems.append(f"{key} must be an integer {bound}, got {value!r}.")
+        return None
+    return value
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Checks a training config before any data or device work.
+
+    Args:
+      config: the experiment config (see `experiments/configs`).
+      num_devices: global number of devices the run will use.
+
+    Raises:
+      ConfigError: listing every problem found, each with what to change.
+    """
+    # Imported here: the registries pull in Haiku/TF, and the override helpers above
+    # must stay light for the entry point's argument parsing.
+    from nfnets_jax import data, models
+    from nfnets_jax.training.parallel import PARALLELISMS
+
+    problems: list[str] = []
+    batch = _positive_int(config, "train_batch_size", problems)
+    eval_batch = _positive_int(config, "eval_batch_size", problems)
+    accum = _positive_int(config, "grad_accum_steps", problems)
+    for key in ("log_every_steps", "keep_checkpoints"):
+        _positive_int(config, key, problems)
+    for key in ("eval_every_steps", "checkpoint_every_steps"):
+        _positive_int(config, key, problems, allow_zero=True)
+    if batch and batch % num_devices:
+        problems.append(
+            f"train_batch_size={batch} is not divisible by the {num_devices} devices: use a "
+            f"multiple of {num_devices}."
+        )
+    elif batch and accum and (batch // num_devices) % accum:
+        problems.append(
+            f"The per-device batch {batch // num_devices} is not divisible by "
+            f"grad_accum_steps={accum}."
+        )
+    if eval_batch and eval_batch % num_devices:
+        problems.append(
+            f"eval_batch_size={eval_batch} is not divisible by the {num_devices} devices: use "
+            f"a multiple of {num_devices}."
+        )
+    if config.num_epochs <= 0 and config.num_train_steps <= 0:
+        problems.append("Set num_epochs > 0 or num_train_steps > 0.")
+    if config.parallelism not in PARALLELISMS:
+        problems.append(
+            f"parallelism={config.parallelism!r} is unknown: use one of {', '.join(PARALLELISMS)}."
+        )
+    if not 0.0 <= config.label_smoothing < 1.0:
+        problems.append(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+    if config.use_ema and not 0.0 < config.ema_decay < 1.0:
+        problems.append(f"ema_decay must be in (0, 1), got {config.ema_decay}.")
+    try:
+        model_cls = models.get_model(config.model)
+    except (KeyError, ValueError) as error:
+        problems.append(str(error).strip("'\""))
+    else:
+        problems.extend(
+            check_kwargs(model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}")
+        )
+    if problems:  # Cheap checks first: do not touch the dataset if the config is broken.
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    try:
+        data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise ConfigError(
+            f"Invalid config: dataset.name={config.dataset.name!r}: {error}"
+        ) from None
