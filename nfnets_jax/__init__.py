@@ -1,3 +1,64 @@
-"""nfnets_jax: Normalizer-Free Networks and Adaptive Gradient Clipping in JAX/Haiku."""
+"""nfnets_jax: Normalizer-Free Networks and Adaptive Gradient Clipping in JAX/Haiku.
+
+The models and optimizer pieces are importable without TensorFlow::
+
+    import nfnets_jax
+    model = nfnets_jax.NFNet(num_classes=1000, variant="F0")
+    tx = nfnets_jax.adaptive_grad_clip(0.01)
+
+The input pipelines (`nfnets_jax.data`) and the experiment loop (`nfnets_jax.training`)
+import TensorFlow and load on first access.
+
+References:
+    Brock, De, Smith, Simonyan. High-Performance Large-Scale Image Recognition Without
+    Normalization. arXiv:2102.06171.
+    Brock, De, Smith. Characterizing signal propagation to close the performance gap in
+    unnormalized ResNets. arXiv:2101.08692.
+"""
+
+import importlib
+
+from nfnets_jax import models, optim, weights
+from nfnets_jax.models import NF_RegNet, NF_ResNet, NFNet, NFRegNet, NFResNet, get_model
+from nfnets_jax.optim import (
+    adaptive_grad_clip,
+    build_optimizer,
+    ema_update,
+    nfnet_optimizer,
+    unitwise_clip,
+    unitwise_norm,
+)
+from nfnets_jax.weights import load_params, save_params
 
 __version__ = "0.1.0"
+
+_LAZY_SUBMODULES = ("data", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"nfnets_jax.{name}")
+    raise AttributeError(f"module 'nfnets_jax' has no attribute {name!r}")
+
+
+__all__ = [
+    "NFNet",
+    "NFRegNet",
+    "NFResNet",
+    "NF_RegNet",
+    "NF_ResNet",
+    "adaptive_grad_clip",
+    "build_optimizer",
+    "data",
+    "ema_update",
+    "get_model",
+    "load_params",
+    "models",
+    "nfnet_optimizer",
+    "optim",
+    "save_params",
+    "training",
+    "unitwise_clip",
+    "unitwise_norm",
+    "weights",
+]

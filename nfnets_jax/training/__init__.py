@@ -1,1 +1,32 @@
-"""nfnets_jax.training."""
+"""Training: the state, pure steps, device mapping, checkpoints, logging and the loop."""
+
+from nfnets_jax.training.checkpoint import Checkpointer, CheckpointError
+from nfnets_jax.training.config import ConfigError, apply_overrides, validate_config
+from nfnets_jax.training.loop import (
+    NonFiniteLossError,
+    build_model,
+    restore_params,
+    restore_state,
+    train_and_evaluate,
+)
+from nfnets_jax.training.parallel import DeviceMapper
+from nfnets_jax.training.state import TrainState, create_train_state
+from nfnets_jax.training.step import make_eval_step, make_train_step
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "ConfigError",
+    "DeviceMapper",
+    "NonFiniteLossError",
+    "TrainState",
+    "apply_overrides",
+    "build_model",
+    "create_train_state",
+    "make_eval_step",
+    "make_train_step",
+    "restore_params",
+    "restore_state",
+    "train_and_evaluate",
+    "validate_config",
+]
