@@ -115,3 +115,40 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
             f"{', '.join(sorted(nonlinearities))}."
         )
     return nonlinearities[name]
+
+
+# Unscaled nonlinearities of the normalized baselines (BN/GN/LN ResNets, Proxy Norm,
+# SkipInit, Fixup): normalization, not a gamma, controls their variance. GELU is the
+# exact erf form, the one the Proxy Norm constants of the baselines spec are computed for.
+PLAIN_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": _identity,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def get_plain_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Returns the unscaled nonlinearity called ``name`` (for normalized networks).
+
+    Args:
+        name: ``'relu'``, ``'silu'`` (alias ``'swish'``), ``'gelu'`` (exact erf form) or
+            ``'identity'``.
+
+    Returns:
+        The function ``x -> f(x)``.
+
+    Raises:
+        ValueError: if ``name`` is unknown; the message lists the known names.
+
+    Example:
+        >>> float(get_plain_activation('relu')(jnp.ones(())))
+        1.0
+    """
+    if not isinstance(name, str) or name not in PLAIN_ACTIVATIONS:
+        raise ValueError(
+            f"Unknown activation {name!r} for a normalized network. Known activations: "
+            f"{', '.join(sorted(PLAIN_ACTIVATIONS))}."
+        )
+    return PLAIN_ACTIVATIONS[name]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from nfnets_jax.models.fixup_resnet import FixupResNet
 from nfnets_jax.models.nf_regnet import NFRegNet
 from nfnets_jax.models.nf_resnet import NFResNet
 from nfnets_jax.models.nfnet import NFNet
+from nfnets_jax.models.resnet import ResNet
+from nfnets_jax.models.skipinit_resnet import SkipInitResNet
 
 _REGISTRY: dict[str, type] = {
     "NFNet": NFNet,
@@ -12,6 +15,12 @@ _REGISTRY: dict[str, type] = {
     "NF_ResNet": NFResNet,
     "NFRegNet": NFRegNet,
     "NF_RegNet": NFRegNet,
+    # Normalized and unnormalized baselines (BN/GN/LN/+Proxy Norm ResNets, SkipInit, Fixup).
+    "ResNet": ResNet,
+    "SkipInitResNet": SkipInitResNet,
+    "SkipInit_ResNet": SkipInitResNet,
+    "FixupResNet": FixupResNet,
+    "Fixup_ResNet": FixupResNet,
 }
 
 
@@ -44,7 +53,8 @@ def get_model(name: str) -> type:
 
     Args:
         name: ``'NFNet'``, ``'NFResNet'`` / ``'NF_ResNet'``, ``'NFRegNet'`` /
-            ``'NF_RegNet'``, or any name added with :func:`register_model`.
+            ``'NF_RegNet'``, ``'ResNet'`` (normalized baselines), ``'SkipInitResNet'``,
+            ``'FixupResNet'``, or any name added with :func:`register_model`.
 
     Returns:
         The class (not an instance): build it inside ``hk.transform``.
