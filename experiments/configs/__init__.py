@@ -22,6 +22,12 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     **{f"nf_resnet{d}": ("nf_resnet", f"ResNet{d}") for d in _NF_RESNET_DEPTHS},
     **{f"nf_regnet_{v.lower()}": ("nf_regnet", v) for v in _NF_REGNET_VARIANTS},
     "nfnet_demo": ("demo", None),
+    # Normalized baselines (BN, GN + Proxy Norm, LN + Proxy Norm) and Bag of Tricks.
+    "resnet50_bn": ("resnet", "bn"),
+    "resnet50_gn_pn": ("resnet", "gn_pn"),
+    "resnet50_ln_pn": ("resnet", "ln_pn"),
+    **{f"bot_{v}": ("bag_of_tricks", v) for v in ("baseline", "efficient", "refined")},
+    "bot_refined_mixup": ("bag_of_tricks", "refined_mixup"),
 }
 
 

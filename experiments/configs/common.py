@@ -43,6 +43,28 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.optimizer = optim.nfnet_optimizer_config()
     config.label_smoothing = 0.1
+    # 'uniform': (1 - e) y + e / K (NFNet, GluonCV); 'paper': 1 - e and e / (K - 1) (Bag of
+    # Tricks). See nfnets_jax.training.losses.
+    config.label_smoothing_form = "uniform"
+    # > 0: Bag-of-Tricks mixup in the train step (one Beta(a, a) lambda per device batch,
+    # batch paired with its reverse); the pipeline's MixUp is `dataset.augment_name`.
+    config.mixup_alpha = 0.0
+    # Knowledge distillation from a fixed teacher (on when teacher_checkpoint is set):
+    # a run directory of this project, or a weights file plus teacher_model(+_kwargs).
+    config.distill = ml_collections.ConfigDict(
+        dict(
+            teacher_checkpoint="",
+            teacher_model="",
+            teacher_model_kwargs=None,  # a dict, or a dict literal string on the CLI
+            teacher_use_ema=True,  # EMA weights of a teacher run directory, if it has them
+            temperature=20.0,  # Bag of Tricks, section 5.3
+            hard_weight=1.0,  # paper: CE(y) + T^2 CE(teacher/T); GluonCV: both 0.5
+            soft_weight=1.0,
+            soft_loss="cross_entropy",  # or "kl" (same gradient, smaller value)
+        )
+    )
+    # True: steps_per_epoch = N // batch (GluonCV, Bag of Tricks); False: N / batch.
+    config.integer_steps_per_epoch = False
     config.use_ema = True
     config.ema_decay = 0.99999
     config.bfloat16 = True

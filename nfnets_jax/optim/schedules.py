@@ -7,6 +7,9 @@ recipe the first update therefore uses ``lr(0) = start_val = 0``.
 Warmups are linear, ``(max - start) * itr / warmup_steps + start``, and stay selected
 while ``itr <= warmup_steps`` (the original picks the decay branch with
 ``warmup_steps < itr``); ``warmup_steps`` may be fractional (``5 * 1281167 / 4096``).
+With ``warmup_offset=1`` the warmup counts the current batch as done: ``max * (itr + 1) /
+W`` for ``itr < W``, the Bag-of-Tricks form ``eta * i / m`` with the 1-based batch index
+``i`` (GluonCV), whose first update already uses ``max / W``.
 
 References:
     Loshchilov & Hutter, SGDR: Stochastic Gradient Descent with Warm Restarts,
@@ -58,9 +61,19 @@ def _itr(step: jax.Array | int) -> jax.Array:
 
 
 def _linear_warmup(
-    itr: jax.Array, start_val: float, max_val: float, warmup_steps: float
+    itr: jax.Array, start_val: float, max_val: float, warmup_steps: float, offset: float = 0.0
 ) -> jax.Array:
-    return (max_val - start_val) * itr / warmup_steps + start_val
+    return (max_val - start_val) * (itr + offset) / warmup_steps + start_val
+
+
+def _check_offset(offset: Any) -> float:
+    offset = _check_number("warmup_offset", offset, minimum=0)
+    if offset not in (0.0, 1.0):
+        raise ValueError(
+            f"schedule: warmup_offset must be 0 (NFNet: the first update uses start_val) or 1 "
+            f"(Bag of Tricks: eta * (step + 1) / warmup_steps), got {offset}."
+        )
+    return offset
 
 
 def constant(value: float) -> optax.Schedule:
@@ -118,6 +131,7 @@ def warmup_cosine_decay(
     warmup_steps: float,
     start_val: float = 0.0,
     min_val: float = 0.0,
+    warmup_offset: float = 0.0,
 ) -> optax.Schedule:
     """The NFNet schedule: linear warmup from ``start_val``, then cosine to ``min_val``.
 
@@ -135,8 +149,10 @@ def warmup_cosine_decay(
         max_val: peak learning rate, reached at the end of warmup.
         num_steps: total training steps (the cosine reaches ``min_val`` there).
         warmup_steps: warmup length in steps, may be fractional.
-        start_val: learning rate at step 0.
+        start_val: learning rate at step 0 (with ``warmup_offset=0``).
         min_val: final learning rate.
+        warmup_offset: 0 (NFNet) or 1 (Bag of Tricks: ``max * (t + 1) / W`` during the
+            warmup, so the rate reaches ``max`` at step ``W - 1``; cosine from step ``W``).
 
     Returns:
         An optax schedule.
@@ -145,12 +161,16 @@ def warmup_cosine_decay(
         >>> lr = warmup_cosine_decay(1.6, 112602, 5 * 1281167 / 4096)
         >>> [round(float(lr(t)), 5) for t in (0, 1000, 1564)]
         [0.0, 1.02307, 1.6]
+        >>> lr = warmup_cosine_decay(0.4, 15, 5, warmup_offset=1)
+        >>> [round(float(lr(t)), 6) for t in (0, 4, 5, 14)]
+        [0.08, 0.4, 0.4, 0.009789]
     """
     max_val = _check_number("max_val", max_val)
     start_val = _check_number("start_val", start_val)
     min_val = _check_number("min_val", min_val)
     num_steps = _check_number("num_steps", num_steps, minimum=0, strict=True)
     warmup_steps = _check_number("warmup_steps", warmup_steps, minimum=0)
+    offset = _check_offset(warmup_offset)
     if warmup_steps >= num_steps:
         raise ValueError(
             f"schedule: warmup_steps ({warmup_steps}) must be below num_steps ({num_steps})."
@@ -160,10 +180,10 @@ def warmup_cosine_decay(
 
     def schedule(step):
         itr = _itr(step)
-        warm = _linear_warmup(itr, start_val, max_val, warmup_steps)
+        warm = _linear_warmup(itr, start_val, max_val, warmup_steps, offset)
         progress = jnp.clip((itr - warmup_steps) / (num_steps - warmup_steps), 0.0, 1.0)
         cos = 0.5 * (max_val - min_val) * (1.0 + jnp.cos(jnp.pi * progress)) + min_val
-        return jnp.where(itr <= warmup_steps, warm, cos)
+        return jnp.where(itr + offset <= warmup_steps, warm, cos)
 
     return schedule
 
@@ -217,6 +237,7 @@ def warmup_step_decay(
     factor: float = 0.1,
     warmup_steps: float = 0.0,
     start_val: float = 0.0,
+    warmup_offset: float = 0.0,
 ) -> optax.Schedule:
     """Piecewise-constant decay (divide by 10 at given steps), with optional linear warmup.
 
@@ -231,6 +252,7 @@ def warmup_step_decay(
         factor: multiplier at each boundary (0.1 divides by 10).
         warmup_steps: linear warmup length in steps (0 for none).
         start_val: learning rate at step 0 when warming up.
+        warmup_offset: 0, or 1 for the Bag-of-Tricks warmup ``max * (t + 1) / W``.
 
     Returns:
         An optax schedule.
@@ -244,6 +266,7 @@ def warmup_step_decay(
     start_val = _check_number("start_val", start_val)
     factor = _check_number("factor", factor, minimum=0, strict=True)
     warmup_steps = _check_number("warmup_steps", warmup_steps, minimum=0)
+    offset = _check_offset(warmup_offset)
     if isinstance(boundaries, str) or not isinstance(boundaries, Sequence):
         raise ValueError(f"schedule: boundaries must be a list of steps, got {boundaries!r}.")
     bounds = [_check_number("boundaries[i]", b, minimum=0) for b in boundaries]
@@ -262,8 +285,8 @@ def warmup_step_decay(
         decayed = max_val * jnp.float32(factor) ** num_decays
         if warmup_steps == 0:
             return decayed.astype(jnp.float32)
-        warm = _linear_warmup(itr, start_val, max_val, warmup_steps)
-        return jnp.where(itr <= warmup_steps, warm, decayed)
+        warm = _linear_warmup(itr, start_val, max_val, warmup_steps, offset)
+        return jnp.where(itr + offset <= warmup_steps, warm, decayed)
 
     return schedule
 
@@ -271,11 +294,22 @@ def warmup_step_decay(
 # name -> {config key: default}; None marks a required key. Epoch-valued keys are turned
 # into steps with steps_per_epoch by build_schedule.
 _SCHEDULE_KEYS: dict[str, dict[str, Any]] = {
-    "warmup_cosine": {"warmup_epochs": None, "start_val": 0.0, "min_val": 0.0},
+    "warmup_cosine": {
+        "warmup_epochs": None,
+        "start_val": 0.0,
+        "min_val": 0.0,
+        "warmup_offset": 0.0,
+    },
     "cosine": {"min_val": 0.0},
     "constant": {},
     "warmup_exp": {"warmup_epochs": 0.0, "start_val": 0.0, "factor": None, "interval_epochs": None},
-    "step": {"decay_epochs": None, "factor": 0.1, "warmup_epochs": 0.0, "start_val": 0.0},
+    "step": {
+        "decay_epochs": None,
+        "factor": 0.1,
+        "warmup_epochs": 0.0,
+        "start_val": 0.0,
+        "warmup_offset": 0.0,
+    },
 }
 SCHEDULES: tuple[str, ...] = tuple(_SCHEDULE_KEYS)
 
@@ -292,13 +326,14 @@ def build_schedule(
     Names and their keys (epochs are converted with ``steps_per_epoch``, which may be
     fractional, e.g. ``1281167 / 4096``):
 
-    - ``warmup_cosine``: ``warmup_epochs`` (required), ``start_val=0``, ``min_val=0``.
+    - ``warmup_cosine``: ``warmup_epochs`` (required), ``start_val=0``, ``min_val=0``,
+      ``warmup_offset=0`` (1: Bag of Tricks' ``eta * (step + 1) / W`` warmup).
     - ``cosine``: ``min_val=0``.
     - ``constant``: no keys.
     - ``warmup_exp``: ``factor``, ``interval_epochs`` (required), ``warmup_epochs=0``,
       ``start_val=0``.
     - ``step``: ``decay_epochs`` (required list), ``factor=0.1``, ``warmup_epochs=0``,
-      ``start_val=0``.
+      ``start_val=0``, ``warmup_offset=0``.
 
     Args:
         config: mapping (dict or ``ml_collections.ConfigDict``) with ``name`` and the keys.
@@ -344,7 +379,12 @@ def build_schedule(
     warmup_steps = warmup_epochs * steps_per_epoch
     if name == "warmup_cosine":
         return warmup_cosine_decay(
-            max_val, total_steps, warmup_steps, start_val=kw["start_val"], min_val=kw["min_val"]
+            max_val,
+            total_steps,
+            warmup_steps,
+            start_val=kw["start_val"],
+            min_val=kw["min_val"],
+            warmup_offset=kw["warmup_offset"],
         )
     if name == "warmup_exp":
         interval = _check_number("interval_epochs", kw["interval_epochs"], minimum=0, strict=True)
@@ -366,4 +406,5 @@ def build_schedule(
         factor=kw["factor"],
         warmup_steps=warmup_steps,
         start_val=kw["start_val"],
+        warmup_offset=kw["warmup_offset"],
     )

@@ -160,6 +160,61 @@ def _positive_int(config, key, problems, allow_zero=False):
     return value
 
 
+def _refinement_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Checks label-smoothing form, in-step mixup and distillation settings."""
+    import os
+
+    from nfnets_jax import models
+    from nfnets_jax.training.losses import SMOOTHING_FORMS, SOFT_LOSSES
+
+    problems = []
+    form = config.get("label_smoothing_form", "uniform")
+    if form not in SMOOTHING_FORMS:
+        problems.append(
+            f"label_smoothing_form={form!r} is unknown: use one of {', '.join(SMOOTHING_FORMS)}."
+        )
+    alpha = config.get("mixup_alpha", 0.0)
+    if not isinstance(alpha, int | float) or alpha < 0:
+        problems.append(f"mixup_alpha must be a number >= 0 (0 = off), got {alpha!r}.")
+    elif alpha > 0 and any(
+        word in str(config.dataset.get("augment_name", "")) for word in ("mixup", "cutmix")
+    ):
+        problems.append(
+            f"mixup_alpha={alpha} (in-step batch mixup) and dataset.augment_name="
+            f"{config.dataset.augment_name!r} (pipeline MixUp/CutMix) would mix twice: use one."
+        )
+    distill = config.get("distill")
+    if distill is None or not distill.get("teacher_checkpoint"):
+        return problems
+    if not distill.temperature > 0:
+        problems.append(f"distill.temperature must be > 0, got {distill.temperature}.")
+    if distill.soft_loss not in SOFT_LOSSES:
+        problems.append(
+            f"distill.soft_loss={distill.soft_loss!r} is unknown: use one of "
+            f"{', '.join(SOFT_LOSSES)}."
+        )
+    for key in ("hard_weight", "soft_weight"):
+        if not distill[key] >= 0:
+            problems.append(f"distill.{key} must be >= 0, got {distill[key]}.")
+    path = distill.teacher_checkpoint
+    if not os.path.exists(path):
+        problems.append(
+            f"distill.teacher_checkpoint={path!r} does not exist: give a run directory of this "
+            "project or a weights file (.npz/.pkl)."
+        )
+    elif not os.path.isdir(path) and not distill.teacher_model:
+        problems.append(
+            f"distill.teacher_checkpoint={path!r} is a weights file: set distill.teacher_model "
+            "(and distill.teacher_model_kwargs) to the model it holds."
+        )
+    if distill.teacher_model:
+        try:
+            models.get_model(distill.teacher_model)
+        except ValueError as error:
+            problems.append(f"distill.teacher_model: {error}")
+    return problems
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Checks a training config before any data or device work.
 
@@ -208,6 +263,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         problems.append(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
     if config.use_ema and not 0.0 < config.ema_decay < 1.0:
         problems.append(f"ema_decay must be in (0, 1), got {config.ema_decay}.")
+    problems.extend(_refinement_problems(config))
     try:
         model_cls = models.get_model(config.model)
     except (KeyError, ValueError) as error:

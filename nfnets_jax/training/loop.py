@@ -61,15 +61,21 @@ def plan_run(config: ml_collections.ConfigDict, mapper: parallel.DeviceMapper) -
         )
     num_train = info.splits[train_split]
     batch = config.train_batch_size
+    # Whole batches per epoch (GluonCV's `num_training_samples // batch_size`, as the
+    # Bag-of-Tricks presets count them), or the original's fractional N / batch.
+    whole = config.get("integer_steps_per_epoch", False)
+    steps_per_epoch = max(num_train // batch, 1) if whole else num_train / batch
     if config.num_train_steps > 0:
         total_steps = config.num_train_steps
+    elif whole:
+        total_steps = int(steps_per_epoch * config.num_epochs)
     else:
         total_steps = int(num_train * config.num_epochs) // batch
     num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
     return RunPlan(
         num_classes=num_classes,
         num_train_examples=num_train,
-        steps_per_epoch=num_train / batch,
+        steps_per_epoch=steps_per_epoch,
         total_steps=max(total_steps, 1),
         per_device_batch=batch // mapper.num_devices,
         local_batch=batch // mapper.num_devices * mapper.num_local_devices,
@@ -283,6 +289,26 @@ def train_and_evaluate(
             f"with {config.parallelism}."
         )
 
+    # Knowledge distillation: the teacher's variables are a replicated step argument.
+    teacher_args: tuple = ()
+    teacher_fn = loss_fn = None
+    distill_config = config.get("distill")
+    if distill_config is not None and distill_config.teacher_checkpoint:
+        from nfnets_jax.training import distill, losses
+
+        teacher = distill.load_teacher(config, plan.num_classes)
+        teacher_fn = teacher.logits
+        loss_fn = losses.make_distillation_loss_fn(
+            temperature=distill_config.temperature,
+            hard_weight=distill_config.hard_weight,
+            soft_weight=distill_config.soft_weight,
+            soft_loss=distill_config.soft_loss,
+        )
+        teacher_args = (mapper.to_device_state(mapper.replicate(teacher.variables)),)
+        writers.log_line(
+            f"Distilling from {config.distill.teacher_model or 'the'} teacher "
+            f"({teacher.description}), T={distill_config.temperature}."
+        )
     train_step = step.make_train_step(
         setup.train_model.apply,
         optimizer,
@@ -291,8 +317,12 @@ def train_and_evaluate(
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay if config.use_ema else None,
         grad_accum_steps=config.grad_accum_steps,
+        label_smoothing_form=config.get("label_smoothing_form", "uniform"),
+        mixup_alpha=config.get("mixup_alpha", 0.0),
+        teacher_fn=teacher_fn,
+        loss_fn=loss_fn,
     )
-    train_fn = mapper.map_train_step(train_step)
+    train_fn = mapper.map_train_step(train_step, num_replicated_args=len(teacher_args))
     eval_fn = mapper.map_eval_step(
         step.make_eval_step(setup.eval_model.apply, num_classes=plan.num_classes)
     )
@@ -391,7 +421,7 @@ def train_and_evaluate(
                     "repeat forever, so this points to an empty dataset split."
                 ) from None
             t0 = time.time()
-            device_state, metrics = train_fn(device_state, batch)
+            device_state, metrics = train_fn(device_state, batch, *teacher_args)
             if not compile_logged:
                 jax.block_until_ready(metrics)
                 writers.log_line(f"First step (compilation included): {time.time() - t0:.1f}s.")

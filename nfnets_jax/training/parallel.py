@@ -104,11 +104,16 @@ class DeviceMapper:
         return self.parallelism == "shard_map"
 
     # ----------------------------------------------------------------- steps
-    def map_train_step(self, step_fn: Callable, *, donate: bool = True) -> Callable:
-        """Maps `step_fn(state, batch) -> (state, metrics)` over the devices.
+    def map_train_step(
+        self, step_fn: Callable, *, donate: bool = True, num_replicated_args: int = 0
+    ) -> Callable:
+        """Maps `step_fn(state, batch, *replicated) -> (state, metrics)` over the devices.
 
         The returned function takes and returns the device layout of the state (see
         `to_device_state`), and returns metrics as scalars of device 0.
+        `num_replicated_args` extra arguments (e.g. a distillation teacher's variables)
+        are replicated like the state and passed in the same device layout; they are
+        never donated.
         """
         if self.parallelism == "pmap":
             mapped = jax.pmap(
@@ -118,8 +123,8 @@ class DeviceMapper:
                 donate_argnums=(0,) if donate else (),
             )
 
-            def run(state, batch):
-                state, metrics = mapped(state, batch)
+            def run(state, batch, *replicated):
+                state, metrics = mapped(state, batch, *replicated)
                 return state, jax.tree.map(lambda m: m[0], metrics)
 
             return run
@@ -129,14 +134,14 @@ class DeviceMapper:
         mapped = jax.shard_map(
             step_fn,
             mesh=self.mesh,
-            in_specs=(P(), P(AXIS)),
+            in_specs=(P(), P(AXIS)) + (P(),) * num_replicated_args,
             out_specs=(P(), P()),
             check_vma=False,
         )
         jitted = jax.jit(mapped, donate_argnums=(0,) if donate else ())
 
-        def run_sharded(state, batch):
-            state, metrics = jitted(state, batch)
+        def run_sharded(state, batch, *replicated):
+            state, metrics = jitted(state, batch, *replicated)
             return state, local_replica(metrics)
 
         return run_sharded

@@ -12,6 +12,7 @@ every device, the optimizer chain (AGC -> weight decay -> Nesterov SGD), then th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from nfnets_jax.optim import ema as ema_lib
-from nfnets_jax.training import losses
+from nfnets_jax.training import losses, mixup
 from nfnets_jax.training.state import TrainState
 
 AXIS = "data"
@@ -29,6 +30,12 @@ AXIS = "data"
 # apply(params, state, rng, images, is_training) -> (outputs dict, new state)
 ApplyFn = Callable[..., tuple[Mapping[str, jax.Array], hk.State]]
 Batch = Mapping[str, jax.Array]
+# teacher_fn(teacher_variables, images) -> logits (a fixed model, no gradient).
+TeacherFn = Callable[[Any, jax.Array], jax.Array]
+
+# Folded into the step key for the batch-mixup draw, so the model's own keys (stochastic
+# depth, dropout) are the same with and without mixup. ASCII "mix".
+_MIXUP_SALT = 0x6D6978
 
 
 def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -58,6 +65,65 @@ def _pmean_floats(tree, axis_name: str):
     )
 
 
+def prepare_batch(
+    batch: Batch,
+    rng: jax.Array,
+    teacher: Any = None,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    label_smoothing_form: str = "uniform",
+    mixup_alpha: float = 0.0,
+    teacher_fn: TeacherFn | None = None,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Targets, in-step mixup and teacher logits: the parts of a step outside the gradient.
+
+    Order: one-hot labels, mixed with the pipeline's MixUp/CutMix partner when present,
+    label-smoothed; then, if `mixup_alpha > 0`, the batch and its targets are mixed with
+    their reverse by one `lambda ~ Beta(alpha, alpha)` (key `fold_in(rng, "mix")`); then
+    the teacher (if any) sees the final images.
+
+    Args:
+      batch: the per-device batch (`images`, `labels`, optional `mix_labels`/`ratio`).
+      rng: the step's per-device key.
+      teacher: the teacher's variables (with `teacher_fn`).
+      num_classes: number of classes K.
+      label_smoothing: smoothing `eps`.
+      label_smoothing_form: `'uniform'` or `'paper'` (see `losses.make_targets`).
+      mixup_alpha: Bag-of-Tricks batch mixup concentration (0 = off).
+      teacher_fn: `teacher_fn(teacher, images) -> logits`, or None.
+
+    Returns:
+      `(batch, targets)`: the batch with the images the model must see (and
+      `teacher_logits`, float32, under `stop_gradient`), and float32 targets `[B, K]`.
+
+    Example:
+      >>> batch = {'images': jnp.ones((2, 4, 4, 3)), 'labels': jnp.array([0, 2])}
+      >>> _, targets = prepare_batch(batch, jax.random.key(0), num_classes=3,
+      ...                            label_smoothing=0.1, label_smoothing_form='paper')
+      >>> [[round(float(v), 3) for v in row] for row in targets]
+      [[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]]
+    """
+    targets = losses.make_targets(
+        batch["labels"],
+        num_classes,
+        mix_labels=batch.get("mix_labels"),
+        ratio=batch.get("ratio"),
+        label_smoothing=label_smoothing,
+        label_smoothing_form=label_smoothing_form,
+    )
+    batch = dict(batch)
+    if mixup_alpha > 0:
+        mix_rng = jax.random.fold_in(rng, _MIXUP_SALT)
+        batch["images"], targets, _ = mixup.batch_mixup(
+            mix_rng, batch["images"], targets, mixup_alpha
+        )
+    if teacher_fn is not None:
+        teacher_logits = teacher_fn(teacher, batch["images"]).astype(jnp.float32)
+        batch["teacher_logits"] = jax.lax.stop_gradient(teacher_logits)
+    return batch, targets
+
+
 def make_train_step(
     apply_fn: ApplyFn,
     optimizer: optax.GradientTransformation,
@@ -69,8 +135,11 @@ def make_train_step(
     grad_accum_steps: int = 1,
     loss_fn: Callable[..., jax.Array] | None = None,
     axis_name: str = AXIS,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds the per-device training step `(state, batch) -> (state, metrics)`.
+    label_smoothing_form: str = "uniform",
+    mixup_alpha: float = 0.0,
+    teacher_fn: TeacherFn | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the per-device training step `(state, batch[, teacher]) -> (state, metrics)`.
 
     Args:
       apply_fn: the training model's `apply` (from `hk.transform_with_state`), called as
@@ -86,8 +155,19 @@ def make_train_step(
         micro-batches whose gradients are averaged before one optimizer update, which
         is numerically the large-batch update (AGC sees the accumulated gradient).
       loss_fn: optional `loss_fn(logits, targets, batch) -> per-example loss`; defaults to
-        softmax cross-entropy.
+        softmax cross-entropy. `batch['images']` is what the model saw (mixed when
+        `mixup_alpha > 0`) and, with a teacher, `batch['teacher_logits']` holds its logits.
       axis_name: the device axis name used in collectives.
+      label_smoothing_form: `'uniform'` (`eps / K` everywhere, NFNet) or `'paper'`
+        (`1 - eps` and `eps / (K - 1)`, Bag of Tricks); see `losses.make_targets`.
+      mixup_alpha: if > 0, Bag-of-Tricks mixup of every (micro-)batch with its reverse,
+        one `lambda ~ Beta(alpha, alpha)` per batch, after label smoothing (see
+        `nfnets_jax.training.mixup`).
+      teacher_fn: `teacher_fn(teacher, images) -> logits` of a fixed teacher (knowledge
+        distillation). The step then takes a third argument, the teacher's variables
+        (passed in, never baked into the compiled program, never optimized); its
+        float32 logits on the same (mixed) images enter the batch as `teacher_logits`,
+        under `stop_gradient`. Combine with a distillation `loss_fn`.
 
     Returns:
       The step function. Metrics are device-averaged scalars: `loss`, `top_1_acc`,
@@ -100,16 +180,18 @@ def make_train_step(
         lambda logits, targets, batch: losses.softmax_cross_entropy(logits, targets)
     )
 
-    def micro_loss(params, model_state, batch, rng):
+    prepare = functools.partial(
+        prepare_batch,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        label_smoothing_form=label_smoothing_form,
+        mixup_alpha=mixup_alpha,
+        teacher_fn=teacher_fn,
+    )
+
+    def micro_loss(params, model_state, batch, targets, rng):
         outputs, new_model_state = apply_fn(params, model_state, rng, batch["images"], True)
         logits = outputs["logits"].astype(jnp.float32)
-        targets = losses.make_targets(
-            batch["labels"],
-            num_classes,
-            mix_labels=batch.get("mix_labels"),
-            ratio=batch.get("ratio"),
-            label_smoothing=label_smoothing,
-        )
         loss = jnp.mean(per_example_loss(logits, targets, batch))
         metrics = {
             "loss": loss,
@@ -120,18 +202,22 @@ def make_train_step(
         }
         return loss, (new_model_state, metrics)
 
-    grad_fn = jax.grad(micro_loss, has_aux=True)
+    _grad_fn = jax.grad(micro_loss, has_aux=True)
 
-    def compute_grads(params, model_state, batch, rng):
+    def grad_fn(params, model_state, batch, rng, teacher):
+        batch, targets = prepare(batch, rng, teacher)
+        return _grad_fn(params, model_state, batch, targets, rng)
+
+    def compute_grads(params, model_state, batch, rng, teacher):
         if grad_accum_steps == 1:
-            return grad_fn(params, model_state, batch, rng)
+            return grad_fn(params, model_state, batch, rng, teacher)
         micro = _split_micro_batches(batch, grad_accum_steps)
 
         def body(carry, inputs):
             grad_sum, metric_sum, state = carry
             index, micro_batch = inputs
             grads, (state, metrics) = grad_fn(
-                params, state, micro_batch, jax.random.fold_in(rng, index)
+                params, state, micro_batch, jax.random.fold_in(rng, index), teacher
             )
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
             metric_sum = jax.tree.map(jnp.add, metric_sum, metrics)
@@ -150,11 +236,16 @@ def make_train_step(
             jax.tree.map(lambda m: m * scale, metric_sum),
         )
 
-    def train_step(state: TrainState, batch: Batch):
+    def train_step(state: TrainState, batch: Batch, teacher: Any = None):
+        if (teacher is None) != (teacher_fn is None):
+            raise ValueError(
+                "make_train_step: pass the teacher's variables to the step exactly when the "
+                "step was built with teacher_fn."
+            )
         device_index = jax.lax.axis_index(axis_name)
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), device_index)
         grads, (new_model_state, metrics) = compute_grads(
-            state.params, state.model_state, batch, rng
+            state.params, state.model_state, batch, rng, teacher
         )
         # float32 before the cross-device mean (bf16 sums lose precision: spec section 5).
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
