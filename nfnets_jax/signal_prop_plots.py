@@ -154,9 +154,12 @@ def compute_profile(
     forward = hk.transform_with_state(
         lambda x: model_fn()(x, is_training=True, return_metrics=True)
     )
-    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    # The 'rbg' generator: any good random init shows the same statistics, and its
+    # initializers compile several times faster on CPU than threefry's.
+    init_key, data_key = jax.random.split(jax.random.key(seed, impl="rbg"))
     if images is None:
         images = jax.random.normal(data_key, (batch_size, image_size, image_size, 3))
+    images = jnp.asarray(images, jnp.float32)
     params, state = jax.jit(forward.init)(init_key, images)
     outputs, _ = jax.jit(forward.apply)(params, state, None, images)
     return profile_from_metrics(name, jax.device_get(outputs))
