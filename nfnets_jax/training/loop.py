@@ -185,6 +185,26 @@ def _eval_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper):
     )
 
 
+def train_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper, start_step: int = 0):
+    """This process's stream of training batches, starting at batch `start_step`."""
+    return data.train_iterator(
+        config.dataset.name,
+        split=config.dataset.train_split or None,
+        data_dir=config.dataset.data_dir,
+        local_device_count=mapper.num_local_devices,
+        per_device_batch=plan.per_device_batch,
+        image_size=config.dataset.image_size,
+        train_preproc=config.dataset.train_preproc,
+        augment_name=config.dataset.augment_name or None,
+        augment_before_mix=config.dataset.augment_before_mix,
+        seed=None if config.dataset.seed < 0 else config.dataset.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        flatten_devices=mapper.flatten_batches,
+    )
+
+
 def evaluate(config, plan, mapper, eval_fn, params, model_state) -> dict[str, float]:
     """Top-1/top-5/loss of (device-layout) `params` over the whole eval split."""
     totals = None
@@ -337,22 +357,7 @@ def train_and_evaluate(
         writer.close()
         return result
 
-    train_iter = data.train_iterator(
-        config.dataset.name,
-        split=config.dataset.train_split or None,
-        data_dir=config.dataset.data_dir,
-        local_device_count=mapper.num_local_devices,
-        per_device_batch=plan.per_device_batch,
-        image_size=config.dataset.image_size,
-        train_preproc=config.dataset.train_preproc,
-        augment_name=config.dataset.augment_name or None,
-        augment_before_mix=config.dataset.augment_before_mix,
-        seed=None if config.dataset.seed < 0 else config.dataset.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        flatten_devices=mapper.flatten_batches,
-    )
+    train_iter = train_iterator(config, plan, mapper, start_step)
     batches = data.prefetch_to_device(train_iter, size=2, sharding=mapper.batch_sharding)
     sigterm = _SigtermFlag()
     interval_metrics: list[dict[str, jax.Array]] = []
