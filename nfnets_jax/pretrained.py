@@ -51,7 +51,7 @@ __all__ = ["Prediction", "PretrainedModel", "load", "spec_for"]
 
 # How many images go through the network at once (memory, not results, depends on it).
 DEFAULT_BATCH_SIZE = 32
-_MAX_PIXEL = 255
+_MAX_PIXEL = 255  # integer images other than uint8 must already be on the 0-255 scale
 
 
 class Prediction(NamedTuple):
@@ -132,7 +132,7 @@ def _to_pixels(image: Any, index: int):
     return tf.constant(np.ascontiguousarray(array[..., :3]))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class PretrainedModel:
     """A checkpoint loaded onto the default device, ready to classify images.
 

@@ -57,6 +57,15 @@ def test_the_network_is_recognised_from_the_released_layout(released, model):
         np.testing.assert_array_equal(weights.flatten_params(loaded)[key], value)
 
 
+def test_the_architecture_can_be_given_explicitly(released):
+    path, _ = released
+    given = pretrained.load(path, model="NFNet", model_kwargs=TINY_NFNET, eval_preproc="resize")
+    assert "architecture given by the caller" in given.description
+    assert dict(given.spec.model_kwargs) == TINY_NFNET
+    assert (given.image_size, given.spec.eval_preproc) == (256, "resize")
+    assert given.class_names[945] == "bell pepper"
+
+
 def test_preprocess_is_resize_crop_32_of_any_image_form(model):
     photo = sample_images()["chelsea"]  # 300 x 451, aspect ratio ignored
     expected = np_normalize(np_resize(photo, SIZE + 32, SIZE + 32)[16 : 16 + SIZE, 16 : 16 + SIZE])
