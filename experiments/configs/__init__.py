@@ -22,6 +22,8 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     **{f"nf_resnet{d}": ("nf_resnet", f"ResNet{d}") for d in _NF_RESNET_DEPTHS},
     **{f"nf_regnet_{v.lower()}": ("nf_regnet", v) for v in _NF_REGNET_VARIANTS},
     "nfnet_demo": ("demo", None),
+    # Fine-tuning from DeepMind's released weights (F0..F6 only were released).
+    **{f"nfnet_{v.lower()}_finetune": ("finetune", v) for v in _NFNET_VARIANTS[:7]},
 }
 
 

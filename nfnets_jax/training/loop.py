@@ -30,7 +30,7 @@ from absl import logging
 from nfnets_jax import data, models, optim
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import parallel, step, writers
+from nfnets_jax.training import finetune, parallel, step, writers
 from nfnets_jax.training.state import TrainState, create_train_state
 
 
@@ -281,10 +281,8 @@ def train_and_evaluate(
             rng, jnp.zeros(image_shape, jnp.float32)
         )
         if config.init_from:
-            from nfnets_jax import weights  # the released/exported-weights reader.
-
-            state = weights.init_state_from_checkpoint(
-                state, config.init_from, rng=jax.random.fold_in(rng, 2), mapper=mapper
+            state = finetune.init_state_from_checkpoint(
+                state, config.init_from, optimizer=optimizer, mapper=mapper
             )
     start_step = int(parallel.host_copy(state.step))
 
