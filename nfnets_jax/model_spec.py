@@ -304,8 +304,9 @@ def _blocks(params, top: str, block_name: str) -> list[str]:
             found[int(match.group(1) or 0)] = module
     missing = sorted(set(range(len(found))) - set(found))
     if missing:
+        names = [f"{block_name}_{i}" if i else block_name for i in missing[:5]]
         raise UnrecognizedCheckpointError(
-            f"Blocks {', '.join(f'{block_name}_{i}' for i in missing[:5])} are missing from "
+            f"Blocks {', '.join(names)} are missing from "
             f"the checkpoint ({len(found)} blocks found): the file is incomplete."
         )
     return [found[i] for i in range(len(found))]

@@ -1,8 +1,8 @@
 """Synthetic checkpoints and real sample images for the pretrained/CLI/notebook tests.
 
-Checkpoints are tiny NFNets (widths 16, one block per stage) with random parameters,
-written exactly as DeepMind's 2021 release was: a dill-style pickle of Haiku
-FlatMappings of numpy 1.x float32 arrays (``tests.test_weights.legacy_bytes``).
+Checkpoints are the tiny NFNet of ``tests/training/tiny.py`` (two stages of width 16)
+with random parameters, written exactly as DeepMind's 2021 release was: a dill-style
+pickle of Haiku FlatMappings of numpy 1.x float32 arrays (``tests.test_weights.legacy_bytes``).
 Images are real photos shipped inside scikit-image and matplotlib.
 """
 
@@ -14,15 +14,8 @@ import numpy as np
 from nfnets_jax.model_spec import ModelSpec
 from tests.models.conftest import random_params
 from tests.test_weights import legacy_bytes
+from tests.training.tiny import TINY_NFNET
 
-# A tiny NFNet: the NFNet code path at a width that compiles in seconds on CPU.
-TINY_NFNET = dict(
-    variant="F0",
-    width_pattern=(16, 16, 16, 16),
-    depth_pattern=(1, 1, 1, 1),
-    group_width=8,
-    stem_widths=(8, 8, 8),
-)
 HEAD = "NFNet/~/linear"
 
 

@@ -13,7 +13,8 @@ NOTEBOOKS = os.path.join(REPO, "notebooks")
 # The tiny NFNet of tests/training/tiny.py, set through the training notebook's overrides.
 TINY_RUN = ";".join(
     [
-        "model_kwargs.width_pattern=(16, 16, 16, 16)",
+        "model_kwargs.width_pattern=(16, 16)",
+        "model_kwargs.depth_pattern=(1, 1)",
         "model_kwargs.stem_widths=(8, 8, 8)",
         "model_kwargs.conv_impl=native",
         "dataset.image_size=16",

@@ -42,8 +42,8 @@ def test_the_network_is_recognised_from_the_released_layout(released, model):
     assert model.variant is None  # narrower than any F variant
     assert dict(model.spec.model_kwargs) == {
         "variant": "F0",
-        "width_pattern": (16, 16, 16, 16),
-        "depth_pattern": (1, 1, 1, 1),
+        "width_pattern": (16, 16),
+        "depth_pattern": (1, 1),
         "stem_widths": (8, 8, 8),
         "group_width": 8,
     }
@@ -136,7 +136,7 @@ def test_clear_errors(released, tmp_path, model):
     # An explicit option the file contradicts: the error lists what differs.
     with pytest.raises(weights.CheckpointMismatchError) as error:
         pretrained.load(path, model_kwargs={"use_two_convs": False})
-    assert "unexpected in the checkpoint (12)" in str(error.value)  # conv1b of 4 blocks
+    assert "unexpected in the checkpoint (6)" in str(error.value)  # conv1b of 2 blocks
     assert "conv1b" in str(error.value) and "does not fit" in str(error.value)
     with pytest.raises(ValueError, match="uint8"):
         model.preprocess(np.zeros((8, 8, 3), np.float32))
