@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-import os
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -231,13 +230,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     else:
         problems.extend(
             check_kwargs(model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}")
-        )
-    init_from = config.get("init_from") or ""
-    if init_from and not os.path.exists(init_from):
-        problems.append(
-            f"init_from={init_from!r} does not exist: download DeepMind's weights "
-            "(https://storage.googleapis.com/dm-nfnets/F0_haiku.npz, F0..F6) or pass a file "
-            "from `python -m experiments.export` or a run directory."
         )
     if problems:  # Cheap checks first: do not touch the dataset if the config is broken.
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from nfnets_jax import data, models, optim
 from nfnets_jax.training import checkpoint as checkpoint_lib
@@ -254,8 +254,8 @@ def train_and_evaluate(
     config_lib.validate_config(config, num_devices=mapper.num_devices)
     plan = plan_run(config, mapper)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    writer = writers.MetricWriter(workdir, enabled=is_main)
+    run_dir = epath.Path(workdir)  # local paths and gs:// alike
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     setup = build_setup(config, plan, mapper)
     optimizer, learning_rate_fn = setup.optimizer, setup.learning_rate_fn
@@ -263,8 +263,15 @@ def train_and_evaluate(
     rng = jax.random.PRNGKey(config.seed)
 
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+        str(run_dir / "checkpoints"), max_to_keep=config.keep_checkpoints
     )
+    fresh_start = checkpointer.latest_step() is None
+    if config.init_from and fresh_start and not epath.Path(config.init_from).exists():
+        raise config_lib.ConfigError(
+            f"Invalid config: init_from={config.init_from!r} does not exist: download "
+            "DeepMind's weights (https://storage.googleapis.com/dm-nfnets/F0_haiku.npz, "
+            "F0..F6), or pass a file from `python -m experiments.export` or a run directory."
+        )
     restored = checkpointer.restore_latest(setup.abstract_state)
     if restored is not None:
         state, meta = restored
@@ -285,13 +292,13 @@ def train_and_evaluate(
                 state, config.init_from, optimizer=optimizer, mapper=mapper
             )
     start_step = int(parallel.host_copy(state.step))
+    writer = writers.MetricWriter(workdir, enabled=is_main)
 
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        table = parameter_table(parallel.host_copy(state.params))
-        with open(os.path.join(workdir, "params.txt"), "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        (run_dir / "params.txt").write_text(
+            parameter_table(parallel.host_copy(state.params)) + "\n"
+        )
         writer.write_text("config", f"```\n{config}\n```", start_step)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         writers.log_line(
@@ -467,8 +474,7 @@ def train_and_evaluate(
         result.update(run_eval(device_state, step_number))
         checkpointer.wait()
         if is_main:
-            with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+            (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
         return result
     finally:
         sigterm.restore()
@@ -493,9 +499,9 @@ def restore_state(
     mapper = parallel.DeviceMapper(config.parallelism)
     setup = build_setup(config, plan_run(config, mapper), mapper)
     directory = workdir_or_checkpoints
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
-    if not os.path.isdir(directory):
+    if (epath.Path(directory) / "checkpoints").is_dir():
+        directory = str(epath.Path(directory) / "checkpoints")
+    if not epath.Path(directory).is_dir():
         raise checkpoint_lib.CheckpointError(f"No checkpoint directory at {directory}.")
     checkpointer = checkpoint_lib.Checkpointer(directory, async_save=False)
     try:
