@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from nfnets_jax.optim import (
     NFNET_NO_CLIP_PATTERNS,
     NFNET_NO_DECAY_PATTERNS,
@@ -117,10 +117,7 @@ def main() -> None:
             f"   min {best * 1e3:7.1f} ms"
         )
 
-    machine = (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores ({jax.devices()[0].platform}), "
-        f"Python {platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}"
-    )
+    machine = f"{common.machine()} ({jax.devices()[0].platform}); {common.versions(jax, optax)}"
     lines = [
         SECTION,
         "",
@@ -141,17 +138,7 @@ def main() -> None:
     print()
     print(text)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        current = path.read_text()
-        if SECTION in current:
-            before, rest = current.split(SECTION, 1)
-            after = rest.split("\n## ", 1)
-            tail = "\n## " + after[1] if len(after) == 2 else ""
-            current = before + text + tail
-        else:
-            current = current.rstrip("\n") + "\n\n" + text
-        path.write_text(current)
-        print(f"recorded in {path}")
+        common.write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import tempfile
 import textwrap
 import time
@@ -33,8 +31,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from nfnets_jax import data  # noqa: E402
 from nfnets_jax.data import preprocess  # noqa: E402
 from nfnets_jax.data.prepare import prepare_dataset, write_imagenet_tars  # noqa: E402
@@ -182,24 +183,6 @@ def measure(kind: str, augment: str | None, data_dir: str, size: int, threads: i
     return max(rates)
 
 
-def _machine() -> str:
-    import jax
-    import tensorflow_datasets as tfds
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, tensorflow-datasets {tfds.__version__}, "
-        f"JAX {jax.__version__}"
-    )
-
-
 # The paper's F0 training rate per TPUv3 core: 1024 images per 73.3 ms step on 32 cores
 # (arXiv:2102.06171, Table 3 and Appendix A.2).
 F0_TPU_CORE_RATE = 1024 / 0.0733 / 32
@@ -258,22 +241,11 @@ def format_section(rows: list[list[str]], machine: str, cores: int) -> str:
 def run() -> str:
     """Runs every configuration and returns the BENCHMARKS.md section."""
     rows = measure_all()
-    return format_section(rows, _machine(), os.cpu_count() or 1)
-
-
-def write_section(path: str, section: str) -> None:
-    """Replaces (or appends) the `## Input pipeline` section of BENCHMARKS.md."""
-    text = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text.rstrip("\n") + "\n")
+    return format_section(
+        rows,
+        f"{common.machine()}; {common.versions(tf, tfds, jax)}",
+        os.cpu_count() or 1,
+    )
 
 
 def main() -> None:
@@ -283,7 +255,7 @@ def main() -> None:
     section = run()
     print(section)
     if args.write:
-        write_section(os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"), section)
+        common.write_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,7 @@ into the ``## Model step`` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from nfnets_jax.models import count_flops, get_model, grouped_conv
 from nfnets_jax.models.conv import resolve_conv_impl
 
@@ -44,14 +42,7 @@ SECTION = "## Model step"
 
 def _time(fn: Callable[[], object], steps: int, warmup: int) -> float:
     """Median seconds of ``fn()`` (blocked until ready) over ``steps`` runs."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return common.median_seconds(lambda: jax.block_until_ready(fn()), steps, warmup)
 
 
 def _compile(fn, *args):
@@ -71,22 +62,6 @@ def _xla_bytes(compiled) -> float | None:
         )
     except Exception:  # Not every backend/version exposes it.
         return None
-
-
-def _peak_memory() -> tuple[float, str]:
-    stats = jax.local_devices()[0].memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        return float(stats["peak_bytes_in_use"]), "device peak"
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
-
-
-def matmul_peak(dtype, n: int) -> float:
-    """FLOP/s of a jitted dense n x n matmul (2 n^3 FLOPs), the run's reference peak."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    seconds = _time(lambda: f(a, a), steps=5, warmup=2)
-    return 2.0 * n**3 / seconds
 
 
 def random_params(abstract, seed: int = 0):
@@ -125,7 +100,7 @@ def bench_model(
     fwd_s = _time(lambda: fwd(params, x), args.steps, args.warmup)
     step_s = _time(lambda: step(params, rng, x, labels), args.steps, args.warmup)
     macs = count_flops(make, px, px) * batch
-    peak, peak_kind = _peak_memory()
+    peak, peak_kind = common.peak_memory()
     return {
         "model": f"{model_name} {variant}",
         "px": px,
@@ -181,20 +156,6 @@ def bench_grouped(args) -> list[dict]:
     return rows
 
 
-def _machine() -> str:
-    """CPU model, cores, RAM and load average (the machine may be shared)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, load average {load} at the end"
-
-
 def _mb(b):
     return "n/a" if b is None else f"{b / 2**20:,.0f}"
 
@@ -206,7 +167,7 @@ def render(model_rows, grouped_rows, peaks, args) -> str:
         "",
         f"`python -m benchmarks.model_step {' '.join(sys.argv[1:])}`",
         "",
-        f"Machine: {_machine()}. JAX backend {jax.default_backend()} ({device.device_kind}, "
+        f"Machine: {common.machine()}. JAX backend {jax.default_backend()} ({device.device_kind}, "
         f"{jax.local_device_count()} local device(s)). Python {platform.python_version()}, "
         f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, dm-haiku {hk.__version__}, "
         f"numpy {np.__version__}.",
@@ -260,21 +221,6 @@ def render(model_rows, grouped_rows, peaks, args) -> str:
     return "\n".join(lines)
 
 
-def record(text: str, path: str = "BENCHMARKS.md") -> None:
-    """Replaces (or appends) the ``## Model step`` section of BENCHMARKS.md."""
-    with open(path, encoding="utf-8") as f:
-        content = f.read()
-    start = content.find(SECTION)
-    if start < 0:
-        content = content.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        following = content.find("\n## ", start + len(SECTION))
-        tail = "" if following < 0 else "\n" + content[following + 1 :]
-        content = content[:start] + text.rstrip("\n") + "\n" + tail
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(content)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="NFNet", help="registry name (NFNet, NF_RegNet...)")
@@ -302,7 +248,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",")]
-    peaks = {d: matmul_peak(jnp.dtype(d), args.matmul_n) for d in dtypes}
+    peaks = {d: common.matmul_peak(jnp.dtype(d), args.matmul_n) for d in dtypes}
     model_rows = []
     if not args.grouped_only:
         for item in args.variants.split(","):
@@ -319,7 +265,7 @@ def main(argv=None) -> None:
     text = render(model_rows, grouped_rows, peaks, args)
     print(text)
     if args.record:
-        record(text)
+        common.write_section(SECTION, text)
 
 
 if __name__ == "__main__":

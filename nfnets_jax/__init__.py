@@ -7,7 +7,8 @@ The models and optimizer pieces are importable without TensorFlow::
     tx = nfnets_jax.adaptive_grad_clip(0.01)
 
 The input pipelines (`nfnets_jax.data`) and the experiment loop (`nfnets_jax.training`)
-import TensorFlow and load on first access.
+import TensorFlow and load on first access, as does `nfnets_jax.pretrained` (DeepMind's
+released weights in two lines: `pretrained.load('F0_haiku.npz').predict(images)`).
 
 References:
     Brock, De, Smith, Simonyan. High-Performance Large-Scale Image Recognition Without
@@ -32,7 +33,7 @@ from nfnets_jax.weights import load_params, save_params
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("data", "training")
+_LAZY_SUBMODULES = ("data", "training", "pretrained")
 
 
 def __getattr__(name):
@@ -56,6 +57,7 @@ __all__ = [
     "models",
     "nfnet_optimizer",
     "optim",
+    "pretrained",
     "save_params",
     "training",
     "unitwise_clip",

@@ -417,7 +417,8 @@ def validate_and_merge(
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines.extend(f"    {item}" for item in items)
-        if any(_is_head(item.split(" ")[0].rstrip(":")) for item in misshaped + missing):
+        head_differs = any(_is_head(item.split(" ")[0].rstrip(":")) for item in misshaped + missing)
+        if head_differs and not replace_head:
             lines.append(
                 "The classifier head differs (another num_classes?): pass replace_head=True "
                 "to re-initialise it for fine-tuning."

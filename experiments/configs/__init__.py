@@ -28,6 +28,8 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "resnet50_ln_pn": ("resnet", "ln_pn"),
     **{f"bot_{v}": ("bag_of_tricks", v) for v in ("baseline", "efficient", "refined")},
     "bot_refined_mixup": ("bag_of_tricks", "refined_mixup"),
+    # Fine-tuning from DeepMind's released weights (F0..F6 only were released).
+    **{f"nfnet_{v.lower()}_finetune": ("finetune", v) for v in _NFNET_VARIANTS[:7]},
 }
 
 

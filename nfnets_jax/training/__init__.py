@@ -2,6 +2,8 @@
 
 from nfnets_jax.training.checkpoint import Checkpointer, CheckpointError
 from nfnets_jax.training.config import ConfigError, apply_overrides, validate_config
+from nfnets_jax.training.evaluation import evaluate_checkpoint, evaluate_params
+from nfnets_jax.training.finetune import InitFromError, init_state_from_checkpoint
 from nfnets_jax.training.loop import (
     NonFiniteLossError,
     build_model,
@@ -18,11 +20,15 @@ __all__ = [
     "Checkpointer",
     "ConfigError",
     "DeviceMapper",
+    "InitFromError",
     "NonFiniteLossError",
     "TrainState",
     "apply_overrides",
     "build_model",
     "create_train_state",
+    "evaluate_checkpoint",
+    "evaluate_params",
+    "init_state_from_checkpoint",
     "make_eval_step",
     "make_train_step",
     "restore_params",

@@ -33,7 +33,8 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        # Local paths are made absolute (orbax needs it); gs:// and other URLs stay as given.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,

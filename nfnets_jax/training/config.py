@@ -15,6 +15,10 @@ from collections.abc import Iterable, Sequence
 
 import ml_collections
 
+# Groups whose keys are open-ended (a model's constructor arguments): overrides may add
+# keys there, e.g. --config.model_kwargs.width_pattern='(32, 64, 128, 128)'.
+OPEN_GROUPS = ("model_kwargs",)
+
 
 class ConfigError(ValueError):
     """A config is malformed or inconsistent; the message says what to change."""
@@ -86,25 +90,36 @@ def apply_overrides(
       ConfigError: an unknown key (with suggestions) or a value of the wrong type.
     """
     known = _flat_keys(config)
+
+    def unknown(path: str) -> ConfigError:
+        close = difflib.get_close_matches(path, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return ConfigError(f"Unknown config key {path!r}.{hint}")
+
     for path, text in overrides:
-        parent = config
-        parts = path.split(".")
-        for depth, part in enumerate(parts):
-            if not isinstance(parent, ml_collections.ConfigDict) or part not in parent:
-                close = difflib.get_close_matches(path, known, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(f"Unknown config key {path!r}.{hint}")
-            if depth < len(parts) - 1:
-                parent = parent[part]
-        leaf = parts[-1]
-        current = parent[leaf]
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if not isinstance(child, ml_collections.ConfigDict):
+                raise unknown(path)
+            node = child
+        if leaf not in node:
+            if len(parents) != 1 or parents[0] not in OPEN_GROUPS:
+                raise unknown(path)
+            # A constructor argument the preset does not set: validate_config checks it
+            # against the model's signature.
+            with node.unlocked():
+                node[leaf] = _parse_value(path, text, None)
+            continue
+        current = node[leaf]
         if isinstance(current, ml_collections.ConfigDict):
             raise ConfigError(
                 f"--config.{path} is a group of settings; set one of its keys, e.g. "
                 f"--config.{path}.{next(iter(current.keys()), 'key')}=..."
             )
-        with parent.unlocked():
-            parent[leaf] = _parse_value(path, text, current)
+        with node.unlocked():
+            node[leaf] = _parse_value(path, text, current)
     return config
 
 

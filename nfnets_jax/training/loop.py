@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -26,11 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from nfnets_jax import data, models, optim
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import parallel, step, writers
+from nfnets_jax.training import finetune, parallel, step, writers
 from nfnets_jax.training.state import TrainState, create_train_state
 
 
@@ -191,6 +191,26 @@ def _eval_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper):
     )
 
 
+def train_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper, start_step: int = 0):
+    """This process's stream of training batches, starting at batch `start_step`."""
+    return data.train_iterator(
+        config.dataset.name,
+        split=config.dataset.train_split or None,
+        data_dir=config.dataset.data_dir,
+        local_device_count=mapper.num_local_devices,
+        per_device_batch=plan.per_device_batch,
+        image_size=config.dataset.image_size,
+        train_preproc=config.dataset.train_preproc,
+        augment_name=config.dataset.augment_name or None,
+        augment_before_mix=config.dataset.augment_before_mix,
+        seed=None if config.dataset.seed < 0 else config.dataset.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        flatten_devices=mapper.flatten_batches,
+    )
+
+
 def evaluate(config, plan, mapper, eval_fn, params, model_state) -> dict[str, float]:
     """Top-1/top-5/loss of (device-layout) `params` over the whole eval split."""
     totals = None
@@ -240,8 +260,8 @@ def train_and_evaluate(
     config_lib.validate_config(config, num_devices=mapper.num_devices)
     plan = plan_run(config, mapper)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    writer = writers.MetricWriter(workdir, enabled=is_main)
+    run_dir = epath.Path(workdir)  # local paths and gs:// alike
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     setup = build_setup(config, plan, mapper)
     optimizer, learning_rate_fn = setup.optimizer, setup.learning_rate_fn
@@ -249,8 +269,15 @@ def train_and_evaluate(
     rng = jax.random.PRNGKey(config.seed)
 
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+        str(run_dir / "checkpoints"), max_to_keep=config.keep_checkpoints
     )
+    fresh_start = checkpointer.latest_step() is None
+    if config.init_from and fresh_start and not epath.Path(config.init_from).exists():
+        raise config_lib.ConfigError(
+            f"Invalid config: init_from={config.init_from!r} does not exist: download "
+            "DeepMind's weights (https://storage.googleapis.com/dm-nfnets/F0_haiku.npz, "
+            "F0..F6), or pass a file from `python -m experiments.export` or a run directory."
+        )
     restored = checkpointer.restore_latest(setup.abstract_state)
     if restored is not None:
         state, meta = restored
@@ -267,19 +294,17 @@ def train_and_evaluate(
             rng, jnp.zeros(image_shape, jnp.float32)
         )
         if config.init_from:
-            from nfnets_jax import weights  # the released/exported-weights reader.
-
-            state = weights.init_state_from_checkpoint(
-                state, config.init_from, rng=jax.random.fold_in(rng, 2), mapper=mapper
+            state = finetune.init_state_from_checkpoint(
+                state, config.init_from, optimizer=optimizer, mapper=mapper
             )
     start_step = int(parallel.host_copy(state.step))
+    writer = writers.MetricWriter(workdir, enabled=is_main)
 
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        table = parameter_table(parallel.host_copy(state.params))
-        with open(os.path.join(workdir, "params.txt"), "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        (run_dir / "params.txt").write_text(
+            parameter_table(parallel.host_copy(state.params)) + "\n"
+        )
         writer.write_text("config", f"```\n{config}\n```", start_step)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         writers.log_line(
@@ -367,22 +392,7 @@ def train_and_evaluate(
         writer.close()
         return result
 
-    train_iter = data.train_iterator(
-        config.dataset.name,
-        split=config.dataset.train_split or None,
-        data_dir=config.dataset.data_dir,
-        local_device_count=mapper.num_local_devices,
-        per_device_batch=plan.per_device_batch,
-        image_size=config.dataset.image_size,
-        train_preproc=config.dataset.train_preproc,
-        augment_name=config.dataset.augment_name or None,
-        augment_before_mix=config.dataset.augment_before_mix,
-        seed=None if config.dataset.seed < 0 else config.dataset.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        flatten_devices=mapper.flatten_batches,
-    )
+    train_iter = train_iterator(config, plan, mapper, start_step)
     batches = data.prefetch_to_device(train_iter, size=2, sharding=mapper.batch_sharding)
     sigterm = _SigtermFlag()
     interval_metrics: list[dict[str, jax.Array]] = []
@@ -494,8 +504,7 @@ def train_and_evaluate(
         result.update(run_eval(device_state, step_number))
         checkpointer.wait()
         if is_main:
-            with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+            (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
         return result
     finally:
         sigterm.restore()
@@ -520,9 +529,9 @@ def restore_state(
     mapper = parallel.DeviceMapper(config.parallelism)
     setup = build_setup(config, plan_run(config, mapper), mapper)
     directory = workdir_or_checkpoints
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
-    if not os.path.isdir(directory):
+    if (epath.Path(directory) / "checkpoints").is_dir():
+        directory = str(epath.Path(directory) / "checkpoints")
+    if not epath.Path(directory).is_dir():
         raise checkpoint_lib.CheckpointError(f"No checkpoint directory at {directory}.")
     checkpointer = checkpoint_lib.Checkpointer(directory, async_save=False)
     try:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import jax
 from absl import logging
+from etils import epath
 
 # Short console names for the training metrics, in display order.
 _CONSOLE_FIELDS = (
@@ -54,6 +55,28 @@ def format_train_line(step: int, total_steps: int, metrics: Mapping[str, float],
     return " | ".join(parts)
 
 
+class _JsonLines:
+    """An append-only JSON-lines file, local or on cloud storage.
+
+    Local files are appended to and flushed line by line. Object stores (gs://...)
+    cannot append, so there the whole file is rewritten after each line (it holds one
+    line per logging interval: small).
+    """
+
+    def __init__(self, path: epath.Path, remote: bool | None = None):
+        self._path = path
+        self._remote = "://" in str(path) if remote is None else remote
+        self._lines = path.read_text().splitlines() if self._remote and path.exists() else []
+
+    def append(self, line: str) -> None:
+        if self._remote:
+            self._lines.append(line)
+            self._path.write_text("\n".join(self._lines) + "\n")
+        else:
+            with self._path.open("a") as f:
+                f.write(line + "\n")
+
+
 class MetricWriter:
     """Writes scalars to TensorBoard and `metrics.jsonl` in `workdir` (process 0 only).
 
@@ -68,12 +91,13 @@ class MetricWriter:
         self._jsonl = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
         import tensorflow as tf  # imported lazily: only the writing process needs it.
 
         self._tf = tf
-        self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        run_dir = epath.Path(workdir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._summary_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self._jsonl = _JsonLines(run_dir / "metrics.jsonl")
 
     def write_scalars(self, step: int, scalars: Mapping[str, float], *, prefix: str = "") -> None:
         """Records `scalars` at `step` (keys get `prefix`, e.g. `'train/'`)."""
@@ -84,8 +108,7 @@ class MetricWriter:
             for key, value in values.items():
                 self._tf.summary.scalar(key, value)
         record = {"step": int(step), "time": time.time(), **values}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(json.dumps(record))
 
     def write_text(self, name: str, text: str, step: int = 0) -> None:
         """Records a text summary (the config, the parameter table)."""
@@ -97,12 +120,10 @@ class MetricWriter:
     def flush(self) -> None:
         if self.enabled:
             self._summary_writer.flush()
-            self._jsonl.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._summary_writer.close()
-            self._jsonl.close()
             self.enabled = False
 
 

@@ -78,3 +78,12 @@ def test_check_kwargs_names_unknown_arguments():
     assert config_lib.check_kwargs(model, {"variant": "F1"}, "model") == []
     problems = config_lib.check_kwargs(model, {"depth": 3}, "model 'NFNet'")
     assert problems and "does not accept depth" in problems[0] and "variant" in problems[0]
+
+
+def test_model_kwargs_accept_new_constructor_arguments():
+    config = config_lib.apply_overrides(
+        _config(), [("model_kwargs.width_pattern", "(32, 64, 128, 128)")]
+    )
+    assert config.model_kwargs.width_pattern == (32, 64, 128, 128)
+    with pytest.raises(config_lib.ConfigError, match="Unknown config key 'optimizer.nope'"):
+        config_lib.apply_overrides(_config(), [("optimizer.nope", "1")])

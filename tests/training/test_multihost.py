@@ -44,6 +44,13 @@ def _two_processes(args_for_rank, timeout=400):
     try:
         for process in processes:
             outputs.append(process.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        tails = [p.communicate()[0][-3000:] for p in processes]
+        raise AssertionError(
+            f"multi-host run timed out after {timeout}s:\n" + "\n---\n".join(tails)
+        ) from None
     finally:
         for process in processes:
             process.kill()

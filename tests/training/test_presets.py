@@ -89,13 +89,6 @@ SHRINK = {
         stem_widths=(8, 8, 8),
         conv_impl="native",
     ),
-    "nfnet_f1_plus": dict(
-        width_pattern=(16, 16, 16, 16),
-        depth_pattern=(1, 2, 1, 1),
-        group_width=8,
-        stem_widths=(8, 8, 8),
-        conv_impl="native",
-    ),
     "nf_resnet50": dict(width=1, depth_pattern=(1, 1, 1, 1)),
     "nf_regnet_b0": dict(width=0.25, depth_pattern=(1, 1, 1, 1), conv_impl="native"),
 }

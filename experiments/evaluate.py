@@ -1,0 +1,158 @@
+r"""Evaluates a checkpoint on a validation split: `python -m experiments.evaluate`.
+
+Examples:
+
+    # DeepMind's F0 on ImageNet's 50,000 validation images (resize_crop_32 at 256 px).
+    python -m experiments.evaluate --config=nfnet_f0 --checkpoint=F0_haiku.npz \
+        --config.dataset.data_dir=/data/tfds
+
+    # The config can be left out: a run directory brings its config.json, an exported
+    # file its .json spec, a released file the preset of its variant (F0 -> nfnet_f0).
+    python -m experiments.evaluate --checkpoint=/tmp/nfnet_demo
+
+    # Any dataset, split, resolution or preprocessing through --config.* overrides.
+    python -m experiments.evaluate --config=nfnet_demo --checkpoint=demo.npz \
+        --config.dataset.name=digits --config.dataset.eval_split='validation[:100]'
+
+Every example of the split is evaluated exactly once, with the training loop's eval step
+and the config's evaluation preprocessing. Prints top-1/top-5 (and writes them as JSON
+with `--output=results.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def config_for_checkpoint(checkpoint: str):
+    """A config to evaluate `checkpoint` with when none is given (see the module doc)."""
+    import ml_collections
+
+    from experiments import configs
+    from experiments.configs import common
+    from nfnets_jax import checkpoint_sources, imagenet, model_spec, weights
+    from nfnets_jax.training.config import ConfigError
+
+    if checkpoint_sources.is_run_directory(checkpoint):
+        for directory in (checkpoint, os.path.dirname(os.path.abspath(checkpoint))):
+            path = os.path.join(directory, "config.json")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    return ml_collections.ConfigDict(json.load(f)), f"the run's {path}"
+        raise ConfigError(f"{checkpoint} has no config.json: pass --config=...")
+    if not os.path.isfile(checkpoint):
+        raise checkpoint_sources.CheckpointNotFoundError(
+            f"Checkpoint {checkpoint!r} does not exist. Download DeepMind's weights, e.g. "
+            f"`wget {imagenet.released_weights_url('F0')}`, or pass an exported file or a "
+            "run directory."
+        )
+    spec = model_spec.read_sidecar(checkpoint)
+    origin = f"the spec {model_spec.sidecar_path(checkpoint)}"
+    if spec is None:
+        spec = model_spec.infer_model_spec(weights.load_params(checkpoint))
+        origin = "the preset of the variant recognised in the checkpoint"
+        if spec.model == "NFNet" and spec.variant is not None:
+            preset = "nfnet_" + spec.variant.lower().replace("+", "_plus")
+            return configs.load_config(preset), f"preset {preset} ({origin})"
+    dataset = spec.dataset or ("imagenet2012" if spec.num_classes == imagenet.NUM_CLASSES else "")
+    if not dataset:
+        raise ConfigError(
+            f"{checkpoint} does not say which dataset it was trained on: pass --config=... "
+            "and --config.dataset.name=..."
+        )
+    config = common.base_config()
+    config.model = spec.model
+    config.model_kwargs = ml_collections.ConfigDict(dict(spec.model_kwargs))
+    config.dataset.update(
+        dict(name=dataset, eval_image_size=spec.image_size, eval_preproc=spec.eval_preproc)
+    )
+    return config, origin
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate",
+        description=(
+            "Evaluate a checkpoint (released file, exported file or run directory) on a "
+            "validation split. --config=NAME|FILE[:arg] and --config.key=value work as in "
+            "experiments.train."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument("--checkpoint", required=True, help="file or run directory")
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="EMA parameters of a run directory (default) or raw ones (--no-ema)",
+    )
+    parser.add_argument("--output", default=None, help="also write the results to this JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    from nfnets_jax.training import config as config_lib
+
+    try:
+        spec, overrides, rest = config_lib.split_config_args(argv)
+    except config_lib.ConfigError as error:
+        return _fail(str(error))
+    args = parse_args(rest[1:])
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
+    from experiments import configs
+    from nfnets_jax import checkpoint_sources, model_spec, weights
+    from nfnets_jax.training import evaluation, writers
+
+    writers.quiet_library_logs()
+    try:
+        if spec:
+            config, origin = configs.load_config(spec), f"--config={spec}"
+        else:
+            config, origin = config_for_checkpoint(args.checkpoint)
+        config_lib.apply_overrides(config, overrides)
+        results = evaluation.evaluate_checkpoint(config, args.checkpoint, use_ema=args.ema)
+    except config_lib.ConfigError as error:
+        return _fail(str(error))
+    except checkpoint_sources.CheckpointNotFoundError as error:
+        return _fail(str(error))
+    except (
+        weights.CheckpointMismatchError,
+        weights.UnsafePickleError,
+        model_spec.UnrecognizedCheckpointError,
+        ValueError,
+    ) as error:
+        return _fail(f"cannot evaluate {args.checkpoint}: {error}", code=1)
+    results["config"] = origin
+    print(f"Checkpoint: {results['checkpoint']}")
+    print(f"Config:     {origin}")
+    print(
+        f"Dataset:    {results['dataset']} {results['split']!r}, "
+        f"{int(results['num_examples'])} images, {results['eval_preproc']} at "
+        f"{results['image_size']} px"
+    )
+    print(
+        f"top-1 {100 * results['top_1_acc']:.2f}%  top-5 {100 * results['top_5_acc']:.2f}%  "
+        f"loss {results['loss']:.4f}  ({results['images_per_sec']:.1f} images/s)"
+    )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

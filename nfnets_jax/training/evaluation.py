@@ -1,0 +1,196 @@
+"""Evaluate any checkpoint on a dataset's evaluation split, as the training loop does.
+
+The checkpoint (DeepMind's released file, an exported file or a run directory) is checked
+against the config's model, then every example of the split is evaluated exactly once
+with the config's evaluation preprocessing (for NFNets ``resize_crop_32`` at the
+variant's test size, spec section 6.4) by the training loop's own float32 eval step,
+mapped over all devices by :class:`~nfnets_jax.training.parallel.DeviceMapper`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from nfnets_jax import checkpoint_sources, data, model_spec, weights
+from nfnets_jax.training import config as config_lib
+from nfnets_jax.training import loop, parallel, step
+
+__all__ = ["evaluate_checkpoint", "evaluate_params"]
+
+
+def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """The subset of `validate_config` evaluation depends on (no training fields)."""
+    from nfnets_jax import models
+
+    problems = []
+    eval_batch = config.get("eval_batch_size")
+    if not isinstance(eval_batch, int) or eval_batch <= 0 or eval_batch % num_devices:
+        problems.append(
+            f"eval_batch_size={eval_batch!r} must be a positive multiple of the {num_devices} "
+            "devices (--config.eval_batch_size=...)."
+        )
+    try:
+        model_cls = models.get_model(config.model)
+    except ValueError as error:
+        problems.append(str(error))
+    else:
+        problems.extend(
+            config_lib.check_kwargs(
+                model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}"
+            )
+        )
+    if problems:
+        raise config_lib.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _classes_or_none(params) -> int | None:
+    try:
+        return model_spec.head_classes(params)
+    except model_spec.UnrecognizedCheckpointError:
+        return None
+
+
+def evaluate_params(
+    config: ml_collections.ConfigDict,
+    params: Any,
+    model_state: Any,
+    num_classes: int,
+    *,
+    mapper: parallel.DeviceMapper | None = None,
+) -> dict[str, float]:
+    """Top-1/top-5/loss of host ``params`` over the config's whole evaluation split.
+
+    Args:
+        config: experiment config (model, ``dataset.*``, ``eval_batch_size``, parallelism).
+        params: host (numpy) parameters of the config's model.
+        model_state: its Haiku state (``{}`` for NF models).
+        num_classes: the classifier's outputs.
+        mapper: device mapping (default: ``config.parallelism`` over every device).
+
+    Returns:
+        ``top_1_acc``, ``top_5_acc``, ``loss``, ``num_examples``, ``seconds`` and
+        ``images_per_sec``.
+    """
+    mapper = mapper or parallel.DeviceMapper(config.parallelism)
+    eval_model = loop.build_model(config, num_classes, training=False)
+    eval_fn = mapper.map_eval_step(step.make_eval_step(eval_model.apply, num_classes=num_classes))
+    device_params = mapper.to_device_state(mapper.replicate(params))
+    device_state = mapper.to_device_state(mapper.replicate(model_state))
+    batches = data.eval_iterator(
+        config.dataset.name,
+        split=config.dataset.eval_split or None,
+        data_dir=config.dataset.data_dir,
+        local_device_count=mapper.num_local_devices,
+        per_device_batch=config.eval_batch_size // mapper.num_devices,
+        image_size=config.dataset.eval_image_size,
+        eval_preproc=config.dataset.eval_preproc,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        flatten_devices=mapper.flatten_batches,
+    )
+    start = time.time()
+    totals = None
+    for batch in data.prefetch_to_device(batches, size=2, sharding=mapper.batch_sharding):
+        sums = eval_fn(device_params, device_state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise RuntimeError(f"The evaluation split of {config.dataset.name!r} yielded no batches.")
+    totals = jax.device_get(totals)
+    seconds = time.time() - start
+    count = float(totals["count"])
+    return {
+        "top_1_acc": float(totals["top_1"]) / count,
+        "top_5_acc": float(totals["top_5"]) / count,
+        "loss": float(totals["loss"]) / count,
+        "num_examples": count,
+        "seconds": seconds,
+        "images_per_sec": count / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    source: str,
+    *,
+    use_ema: bool = True,
+    mapper: parallel.DeviceMapper | None = None,
+) -> dict[str, Any]:
+    """Evaluates a checkpoint with the config's model on the config's evaluation split.
+
+    Args:
+        config: experiment config; ``--config.*`` overrides select the dataset
+            (``dataset.name``, ``dataset.eval_split``, ``dataset.data_dir``), resolution
+            (``dataset.eval_image_size``), preprocessing and ``eval_batch_size``.
+        source: DeepMind's ``{V}_haiku.npz``, an exported file, or a run directory.
+        use_ema: for run directories, evaluate the EMA parameters when there are some.
+        mapper: device mapping (default: ``config.parallelism`` over every device).
+
+    Returns:
+        The metrics of :func:`evaluate_params` plus ``checkpoint`` (a description),
+        ``dataset``, ``split``, ``image_size`` and ``eval_preproc``.
+
+    Raises:
+        ConfigError: an unusable config or dataset (before any checkpoint is read).
+        nfnets_jax.checkpoint_sources.CheckpointNotFoundError: no such checkpoint.
+        nfnets_jax.weights.CheckpointMismatchError: the checkpoint does not fit the
+            config's model (every difference listed).
+
+    Example:
+        >>> from experiments import configs
+        >>> evaluate_checkpoint(configs.load_config('nfnet_f0'), 'F0_haiku.npz')  # doctest: +SKIP
+        {'top_1_acc': ..., 'top_5_acc': ..., ...}
+    """
+    mapper = mapper or parallel.DeviceMapper(config.parallelism)
+    _check_config(config, mapper.num_devices)
+    try:
+        info = data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise config_lib.ConfigError(f"dataset.name={config.dataset.name!r}: {error}") from None
+    num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
+    eval_model = loop.build_model(config, num_classes, training=False)
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    expected_params, expected_state = jax.eval_shape(
+        lambda key, x: eval_model.init(key, x, is_training=False), jax.random.key(0), image
+    )
+    loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
+    try:
+        params, _ = weights.validate_and_merge(loaded.params, expected_params)
+    except weights.CheckpointMismatchError as error:
+        classes = _classes_or_none(loaded.params)
+        if classes is not None and classes != num_classes:
+            raise weights.CheckpointMismatchError(
+                f"{loaded.description} classifies {classes} classes but the config's "
+                f"dataset {config.dataset.name!r} has {num_classes}: evaluate it on a "
+                f"dataset with {classes} classes (--config.dataset.name=..., e.g. "
+                "imagenet2012 for DeepMind's weights), or fine-tune it first "
+                f"(--config.init_from=...).\n{error}"
+            ) from None
+        raise weights.CheckpointMismatchError(
+            f"{loaded.description} does not fit the config's model ({config.model} "
+            f"{dict(config.model_kwargs)} with {num_classes} classes for "
+            f"{config.dataset.name!r}).\n{error}"
+        ) from None
+    model_state = loaded.model_state
+    if model_state is None:
+        if jax.tree.leaves(expected_state):
+            raise ValueError(
+                f"{config.model} keeps state (e.g. BatchNorm statistics) that a parameter "
+                "file does not hold: evaluate the training run directory instead."
+            )
+        model_state = {}
+    results: dict[str, Any] = evaluate_params(
+        config, params, model_state, num_classes, mapper=mapper
+    )
+    results.update(
+        checkpoint=loaded.description,
+        dataset=config.dataset.name,
+        split=config.dataset.eval_split or info.eval_split,
+        image_size=config.dataset.eval_image_size,
+        eval_preproc=config.dataset.eval_preproc,
+    )
+    return results

@@ -1,0 +1,105 @@
+"""Fine-tuning: start a run from released or trained weights (``config.init_from``).
+
+When a run starts with no checkpoint in its workdir and ``config.init_from`` names a
+checkpoint (DeepMind's ``{V}_haiku.npz``, a file from ``experiments.export``, or another
+run's directory), the freshly initialised state takes its parameters from that checkpoint:
+
+* every parameter but the classifier must be present with the model's shape, otherwise
+  ONE error lists every missing, unexpected and mis-shaped parameter;
+* the classifier (``<Top>/~/linear/w`` and ``/b``) is kept when its shape matches and
+  otherwise keeps the model's own fresh initialisation (N(0, 0.01) weights, zero bias:
+  the state's head, drawn from ``config.seed``), so the number of classes may differ;
+* the EMA starts equal to the loaded parameters, the optimizer state is re-initialised
+  for them and the step is 0. From a run directory the EMA parameters are loaded when
+  the run kept them (they evaluate better); export with ``--no-ema`` for the raw ones.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from nfnets_jax import checkpoint_sources, weights
+from nfnets_jax.training import parallel, writers
+from nfnets_jax.training.checkpoint import CheckpointError
+from nfnets_jax.training.state import TrainState
+
+__all__ = ["InitFromError", "init_state_from_checkpoint"]
+
+
+class InitFromError(CheckpointError):
+    """``init_from`` cannot be used: missing, unreadable or not fitting the model."""
+
+
+def init_state_from_checkpoint(
+    state: TrainState,
+    source: str,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    mapper: parallel.DeviceMapper | None = None,
+    use_ema: bool = True,
+) -> TrainState:
+    """Replaces the parameters of a fresh state by a checkpoint's, for fine-tuning.
+
+    Args:
+        state: the freshly initialised state (step 0), canonical layout (replicated).
+        source: a parameter file or a run directory (``config.init_from``).
+        optimizer: the run's optimizer, to initialise its state for the loaded
+            parameters (without it the given, fresh optimizer state is kept).
+        mapper: the run's device mapper (where the state lives); default: the state is
+            placed with ``jax.device_put``.
+        use_ema: from run directories, load the EMA parameters when there are some.
+
+    Returns:
+        The state with loaded parameters (head re-initialised when its shape differs),
+        EMA equal to them, fresh optimizer state, step 0.
+
+    Raises:
+        InitFromError: ``source`` is missing or unreadable, or its parameters do not fit
+            the model apart from the head (the message lists every difference).
+
+    Example:
+        >>> state = init_state_from_checkpoint(  # doctest: +SKIP
+        ...     state, 'F0_haiku.npz', optimizer=tx, mapper=mapper)
+    """
+    try:
+        loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
+    except (FileNotFoundError, ValueError) as error:
+        raise InitFromError(f"init_from={source!r}: {error}") from None
+    fresh = parallel.host_copy(state.params)
+    try:
+        merged, replaced = weights.validate_and_merge(loaded.params, fresh, replace_head=True)
+    except weights.CheckpointMismatchError as error:
+        raise InitFromError(
+            f"init_from={source!r} ({loaded.description}) does not fit the model being "
+            f"trained.\n{error}"
+        ) from None
+    place = mapper.replicate if mapper is not None else jax.device_put
+    params = place(merged)
+    model_state = state.model_state
+    if loaded.model_state is not None and jax.tree.structure(
+        loaded.model_state
+    ) == jax.tree.structure(parallel.host_copy(state.model_state)):
+        model_state = place(loaded.model_state)
+    if optimizer is not None:
+        shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
+        opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
+    else:
+        opt_state = state.opt_state
+    num_loaded = sum(len(sub) for sub in merged.values()) - len(replaced)
+    head = (
+        f"; the classifier ({', '.join(replaced)}) is new: the checkpoint has another number "
+        "of classes"
+        if replaced
+        else ""
+    )
+    writers.log_line(
+        f"Initialised from {loaded.description}: {num_loaded} parameters loaded{head}."
+    )
+    return state._replace(
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        ema_params=params if state.ema_params is not None else None,
+        ema_state=model_state if state.ema_state is not None else None,
+    )
