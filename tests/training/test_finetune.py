@@ -1,6 +1,8 @@
 """Fine-tuning: `config.init_from` loads every weight but a head of another size."""
 
 import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -85,13 +87,14 @@ def test_mismatches_other_than_the_head_are_one_clear_error(fresh, tmp_path):
         finetune.init_state_from_checkpoint(state, str(tmp_path / "gone.npz"))
     config = tiny_config(init_from=str(tmp_path / "F0_haiku.npz"))
     with pytest.raises(config_lib.ConfigError, match="dm-nfnets/F0_haiku.npz"):
-        config_lib.validate_config(config, num_devices=4)
+        loop.train_and_evaluate(config, str(tmp_path / "fresh_run"))
 
 
 def test_fine_tuning_run_export_and_evaluate(fresh, imagenet_file, tmp_path, capsys):
     """train --config.init_from, then export the run and evaluate the exported file."""
     state, _, _ = fresh
-    path, loaded = imagenet_file
+    released, loaded = imagenet_file
+    path = str(shutil.copy(released, tmp_path / "F0_haiku.npz"))
     config = tiny_config(init_from=path, num_train_steps=1)
     with config.unlocked():
         config.optimizer.base_lr = 0.0  # the one update leaves the weights as loaded
@@ -117,3 +120,6 @@ def test_fine_tuning_run_export_and_evaluate(fresh, imagenet_file, tmp_path, cap
     assert results["num_examples"] == 32
     for key in ("top_1_acc", "top_5_acc", "loss"):
         np.testing.assert_allclose(results[key], result["ema_eval"][key], rtol=1e-5)
+    # init_from only matters for a fresh start: the run resumes without the file.
+    os.remove(path)
+    assert loop.train_and_evaluate(config, workdir)["step"] == 1
