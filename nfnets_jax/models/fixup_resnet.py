@@ -152,13 +152,8 @@ class FixupResNet(hk.Module):
             bias2 = hk.get_parameter("bias2", (), jnp.float32, init=jnp.zeros).astype(dtype)
             out = self.initial_conv(x.astype(dtype))
             out = max_pool(jax.nn.relu(out + bias1))
-            if return_metrics:
-                outputs.update(signal_prop.signal_metrics(out, 0))
-            for i, block in enumerate(self.blocks):
-                out, branch = block(out, is_training)
-                if return_metrics:
-                    outputs.update(signal_prop.signal_metrics(out, i + 1))
-                    outputs[f"res_avg_var_{i}"] = signal_prop.average_channel_variance(branch)
+            metrics = outputs if return_metrics else None
+            out = signal_prop.run_residual_blocks(self.blocks, out, is_training, metrics)
             pool = jnp.mean(out.astype(jnp.float32), axis=(1, 2))
             outputs["pool"] = pool
             pool = pool.astype(dtype) + bias2

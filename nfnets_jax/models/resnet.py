@@ -487,13 +487,8 @@ class ResNet(hk.Module):
                 if norm_act is not None:
                     out = norm_act(out, is_training)
             out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
-            if return_metrics:
-                outputs.update(signal_prop.signal_metrics(out, 0))
-            for i, block in enumerate(self.blocks):
-                out, branch = block(out, is_training)
-                if return_metrics:
-                    outputs.update(signal_prop.signal_metrics(out, i + 1))
-                    outputs[f"res_avg_var_{i}"] = signal_prop.average_channel_variance(branch)
+            metrics = outputs if return_metrics else None
+            out = signal_prop.run_residual_blocks(self.blocks, out, is_training, metrics)
             if self.version["preact"]:
                 out = self.final_norm_act(out, is_training)
             pool = jnp.mean(out.astype(jnp.float32), axis=(1, 2))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +132,31 @@ def signal_metrics(x: jax.Array, i: int) -> dict[str, jax.Array]:
 def average_channel_variance(x: jax.Array) -> jax.Array:
     """``mean_c(var_NHW(x)_c)`` in float32: the ``res_avg_var`` of a residual branch."""
     return jnp.mean(_channel_stats(x)[1])
+
+
+def run_residual_blocks(
+    blocks: Sequence[Callable[[jax.Array, bool], tuple[jax.Array, jax.Array]]],
+    x: jax.Array,
+    is_training: bool,
+    outputs: dict[str, jax.Array] | None,
+) -> jax.Array:
+    """Applies residual blocks in turn, recording the signal-propagation metrics.
+
+    Args:
+        blocks: callables ``block(x, is_training) -> (output, residual_branch)``.
+        x: the stem output (index 0 of the metrics).
+        is_training: passed to every block.
+        outputs: when given, receives :func:`signal_metrics` of ``x`` and of every block
+            output, and ``res_avg_var_{k}`` of block ``k``'s residual branch.
+
+    Returns:
+        The last block's output.
+    """
+    if outputs is not None:
+        outputs.update(signal_metrics(x, 0))
+    for i, block in enumerate(blocks):
+        x, branch = block(x, is_training)
+        if outputs is not None:
+            outputs.update(signal_metrics(x, i + 1))
+            outputs[f"res_avg_var_{i}"] = average_channel_variance(branch)
+    return x

@@ -177,13 +177,8 @@ class SkipInitResNet(hk.Module):
         outputs: dict[str, jax.Array] = {}
         with compute_dtype_scope(self.compute_dtype) as dtype:
             out = max_pool(self.initial_conv(x.astype(dtype)))
-            if return_metrics:
-                outputs.update(signal_prop.signal_metrics(out, 0))
-            for i, block in enumerate(self.blocks):
-                out, branch = block(out, is_training)
-                if return_metrics:
-                    outputs.update(signal_prop.signal_metrics(out, i + 1))
-                    outputs[f"res_avg_var_{i}"] = signal_prop.average_channel_variance(branch)
+            metrics = outputs if return_metrics else None
+            out = signal_prop.run_residual_blocks(self.blocks, out, is_training, metrics)
             pool = jnp.mean(self.activation(out).astype(jnp.float32), axis=(1, 2))
             outputs["pool"] = pool
             if is_training and self.drop_rate > 0.0:
