@@ -490,8 +490,16 @@ def infer_model_spec(params: Mapping[str, Mapping[str, Any]]) -> ModelSpec:
             matches no NF-ResNet/NF-RegNet variant.
 
     Example:
+        >>> from nfnets_jax.weights import load_params
         >>> spec = infer_model_spec(load_params('F0_haiku.npz'))  # doctest: +SKIP
-        >>> spec.variant, spec.image_size, spec.eval_preproc  # doctest: +SKIP
+
+        A fresh F0's tree of shapes (``jax.eval_shape``: nothing computed) is recognised
+        the same way as DeepMind's released ``F0_haiku.npz``:
+
+        >>> net = hk.transform(lambda x: models.NFNet(1000, variant='F0')(x, is_training=False))
+        >>> params = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 192, 192, 3)))
+        >>> spec = infer_model_spec(params)
+        >>> spec.variant, spec.image_size, spec.eval_preproc
         ('F0', 256, 'resize_crop_32')
     """
     if not isinstance(params, Mapping) or not params:

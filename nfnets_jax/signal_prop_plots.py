@@ -19,10 +19,19 @@ so BatchNorm uses batch statistics as in the paper, with stochastic depth and dr
 switched off. The figure is drawn with matplotlib's Agg canvas (no display needed).
 
 Example:
+    >>> import tempfile
     >>> from nfnets_jax.models import ResNet
     >>> profile = compute_profile(lambda: ResNet(10, 18, width_multiplier=0.125),
-    ...                           'BN-ResNet-18', image_size=32)  # doctest: +SKIP
-    >>> figure = plot_signal_propagation([profile], 'spp.png')  # doctest: +SKIP
+    ...                           'BN-ResNet-18', image_size=32)
+    >>> len(profile.avg_var), len(profile.res_avg_var)  # max-pool output + 8 blocks
+    (9, 8)
+    >>> float(profile.res_avg_var.max())  # zero-initialised residual branches
+    0.0
+    >>> out = tempfile.TemporaryDirectory()
+    >>> figure = plot_signal_propagation([profile], os.path.join(out.name, 'spp.png'))
+    >>> len(figure.axes), os.listdir(out.name)
+    (3, ['spp.png'])
+    >>> out.cleanup()
 """
 
 from __future__ import annotations

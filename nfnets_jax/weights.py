@@ -291,9 +291,12 @@ def save_params(
             by :func:`load_params`; ``'npz'``: a numpy archive with ``'module/param'`` keys.
 
     Example:
-        >>> save_params({'NFNet/~/linear': {'w': np.ones((2, 3))}}, '/tmp/p.pkl')
-        >>> load_params('/tmp/p.pkl')['NFNet/~/linear']['w'].dtype
+        >>> out = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(out.name, 'p.pkl')
+        >>> save_params({'NFNet/~/linear': {'w': np.ones((2, 3))}}, path)
+        >>> load_params(path)['NFNet/~/linear']['w'].dtype
         dtype('float32')
+        >>> out.cleanup()
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")

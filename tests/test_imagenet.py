@@ -1,11 +1,10 @@
 """ImageNet class names: 1,000 entries in tfds' label order, and the released-weights facts."""
 
-import doctest
 import importlib.resources
 
 import pytest
 
-from nfnets_jax import checkpoint_sources, imagenet, model_spec, pretrained
+from nfnets_jax import imagenet
 
 
 def tfds_wordnet_ids():
@@ -44,9 +43,3 @@ def test_released_weights():
     assert imagenet.REPORTED_ACCURACY["F0"] == (83.6, 96.8)
     with pytest.raises(ValueError, match="F0, F1, F2, F3, F4, F5, F6"):
         imagenet.released_weights_url("F7")
-
-
-@pytest.mark.parametrize("module", [imagenet, model_spec, pretrained, checkpoint_sources])
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0

@@ -43,6 +43,8 @@ def mixup_ratios(seed: tf.Tensor, alpha: float, num: int | tf.Tensor) -> tf.Tens
 
     Example:
         >>> r = mixup_ratios(tf.constant([1, 2], tf.int64), 0.2, 8)
+        >>> r.shape.as_list(), bool(tf.reduce_all((r >= 0.0) & (r <= 1.0)))
+        ([8], True)
     """
     keys = tf.random.experimental.stateless_split(seed, num=2)
     x = tf.random.stateless_gamma([num], keys[0], alpha=alpha, dtype=tf.float32)
@@ -124,8 +126,16 @@ def mix_batch(
             is odd (or, with both, not a multiple of 4).
 
     Example:
+        >>> x, y = tf.zeros([8, 16, 16, 3]), tf.range(8)
         >>> mixed = mix_batch({'images': x, 'labels': y}, tf.constant([0, 1]),
         ...                   mixup=True, cutmix=True)
+        >>> sorted(mixed), mixed['images'].shape.as_list()
+        (['images', 'labels', 'mix_labels', 'ratio'], [4, 16, 16, 3])
+
+        Examples 0-1 are MixUp-ed with 2-3, and 4-5 CutMix-ed with 6-7:
+
+        >>> mixed['labels'].numpy().tolist(), mixed['mix_labels'].numpy().tolist()
+        ([0, 1, 4, 5], [2, 3, 6, 7])
     """
     if not (mixup or cutmix):
         raise ValueError("mix_batch needs mixup=True and/or cutmix=True.")

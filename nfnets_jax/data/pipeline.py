@@ -495,8 +495,8 @@ def eval_iterator(
     Example:
         >>> it = eval_iterator('digits', local_device_count=4, per_device_batch=7,
         ...                    image_size=32, eval_preproc='resize')
-        >>> len(it), sum(b['mask'].sum() for b in it)
-        (13, 360.0)
+        >>> len(it), int(sum(b['mask'].sum() for b in it))  # 4 * 7 * 13 = 364 slots
+        (13, 360)
     """
     _check_positive(
         local_device_count=local_device_count,

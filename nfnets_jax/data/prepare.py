@@ -51,7 +51,25 @@ def prepare_dataset(
             work).
 
     Example:
-        >>> prepare_dataset('imagenet2012', '/data/tfds', '/data/imagenet_tars')
+        ImageNet from the two official tars (they need an image-net.org account):
+
+        >>> prepare_dataset('imagenet2012', '/data/tfds', '/data/imagenet_tars')  # doctest: +SKIP
+
+        The same build on a toy ImageNet of three blank images (see
+        `write_imagenet_tars`); tfds reports its progress:
+
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+        >>> root = tempfile.TemporaryDirectory()
+        >>> manual_dir = os.path.join(root.name, 'manual')
+        >>> write_imagenet_tars(manual_dir, {'n01440764': [jpeg, jpeg]}, [jpeg])
+        >>> info = prepare_dataset('imagenet2012', os.path.join(root.name, 'tfds'), manual_dir)
+        Downloading and preparing dataset ...
+        Dataset imagenet2012 downloaded and prepared to ...
+        >>> info.splits, info.num_classes
+        ({'train': 2, 'validation': 1}, 1000)
+        >>> root.cleanup()
     """
     import tensorflow_datasets as tfds
 
@@ -94,7 +112,17 @@ def write_imagenet_tars(
         validation: JPEG bytes of validation images 1, 2, ...
 
     Example:
-        >>> write_imagenet_tars('/tmp/manual', {'n01440764': [jpeg]}, [jpeg])
+        >>> import tarfile, tempfile
+        >>> import tensorflow as tf
+        >>> jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+        >>> root = tempfile.TemporaryDirectory()
+        >>> write_imagenet_tars(root.name, {'n01440764': [jpeg, jpeg]}, [jpeg])
+        >>> sorted(os.listdir(root.name))
+        ['ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar']
+        >>> with tarfile.open(os.path.join(root.name, 'ILSVRC2012_img_val.tar')) as val:
+        ...     val.getnames()
+        ['ILSVRC2012_val_00000001.JPEG']
+        >>> root.cleanup()
     """
     os.makedirs(manual_dir, exist_ok=True)
     with tarfile.open(os.path.join(manual_dir, IMAGENET_TARS[0]), "w") as outer:

@@ -97,7 +97,8 @@ def center_crop_window(shape: tf.Tensor, image_size: int) -> tf.Tensor:
         int32 `[offset_y, offset_x, crop_h, crop_w]`.
 
     Example:
-        >>> center_crop_window(tf.constant([480, 640]), 224)  # -> [30, 110, 420, 420]
+        >>> center_crop_window(tf.constant([480, 640]), 224).numpy().tolist()
+        [30, 110, 420, 420]
     """
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
@@ -238,7 +239,13 @@ def train_preprocess(
         ValueError: for an unknown `method`.
 
     Example:
-        >>> x = train_preprocess(jpeg_bytes, tf.constant([0, 7]), 192)
+        >>> jpeg_bytes = tf.io.encode_jpeg(tf.zeros([64, 48, 3], tf.uint8))
+        >>> x = train_preprocess(jpeg_bytes, tf.constant([0, 7]), 32)
+        >>> x.shape.as_list(), x.dtype.name
+        ([32, 32, 3], 'float32')
+        >>> same = train_preprocess(jpeg_bytes, tf.constant([0, 7]), 32)  # stateless draws
+        >>> bool(tf.reduce_all(same == x))
+        True
     """
     if method not in TRAIN_PREPROCS:
         raise ValueError(f"Unknown train_preproc {method!r}; expected one of {TRAIN_PREPROCS}.")
@@ -307,7 +314,12 @@ def eval_preprocess(image: tf.Tensor, image_size: int, method: str = "resize_cro
         Normalized float32 [S, S, 3].
 
     Example:
-        >>> x = eval_preprocess(jpeg_bytes, 256, 'resize_crop_32')
+        >>> jpeg_bytes = tf.io.encode_jpeg(tf.zeros([64, 48, 3], tf.uint8))
+        >>> x = eval_preprocess(jpeg_bytes, 32, 'resize_crop_32')  # resize to 64, crop 32
+        >>> x.shape.as_list()
+        [32, 32, 3]
+        >>> [round(float(v), 3) for v in x[0, 0]]  # black: -MEAN_RGB / STDDEV_RGB
+        [-2.118, -2.036, -1.804]
     """
     kind, pad = parse_eval_preproc(method)
     if kind == "crop_resize":

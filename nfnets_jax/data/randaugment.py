@@ -110,7 +110,10 @@ def blend(image1: tf.Tensor, image2: tf.Tensor, factor: float) -> tf.Tensor:
 
     Example:
         >>> grey = tf.fill([2, 2, 3], tf.constant(100, tf.uint8))
-        >>> blend(tf.zeros([2, 2, 3], tf.uint8), grey, 0.5)  # all pixels 50
+        >>> blend(tf.zeros([2, 2, 3], tf.uint8), grey, 0.5)[0, 0].numpy().tolist()
+        [50, 50, 50]
+        >>> blend(tf.zeros([2, 2, 3], tf.uint8), grey, 3.0)[0, 0].numpy().tolist()  # clipped
+        [255, 255, 255]
     """
     if factor == 0.0:
         return image1
@@ -271,7 +274,10 @@ def affine_transform(
         uint8 image [H, W, C].
 
     Example:
-        >>> shifted = affine_transform(image, [1, 0, 5, 0, 1, 0, 0, 0])  # x_in = x + 5
+        >>> row = tf.reshape(tf.cast(tf.range(8), tf.uint8), [1, 8, 1])  # pixels 0..7
+        >>> shifted = affine_transform(row, [1, 0, 5, 0, 1, 0, 0, 0])  # x_in = x + 5
+        >>> shifted[0, :, 0].numpy().tolist()  # uncovered pixels get the fill, 128
+        [5, 6, 7, 128, 128, 128, 128, 128]
     """
     image = _as_uint8(image)
     transform = tf.reshape(tf.cast(transform, tf.float32), [1, 8])
@@ -487,7 +493,13 @@ def randaugment(image: tf.Tensor, num_layers: int, magnitude: float, seed: tf.Te
         The augmented uint8 image [H, W, 3].
 
     Example:
+        >>> image = tf.reshape(tf.cast(tf.range(32 * 32 * 3) % 251, tf.uint8), [32, 32, 3])
         >>> out = randaugment(image, 4, 5, tf.constant([0, 42], tf.int64))
+        >>> out.shape.as_list(), out.dtype.name
+        ([32, 32, 3], 'uint8')
+        >>> same = randaugment(image, 4, 5, tf.constant([0, 42], tf.int64))  # stateless
+        >>> bool(tf.reduce_all(same == out))
+        True
     """
     image = _as_uint8(image)
     if num_layers == 0:

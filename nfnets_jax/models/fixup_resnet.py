@@ -99,9 +99,12 @@ class FixupResNet(hk.Module):
     (non-negative) input.
 
     Example:
+        The parameters of a block (``jax.eval_shape`` builds the tree without computing
+        it; ``f.init`` gives the values):
+
         >>> f = hk.transform(lambda x: FixupResNet(10, 'ResNet26', width=1)(x, False))
         >>> x = jnp.ones((1, 32, 32, 3))
-        >>> sorted(f.init(jax.random.key(0), x)['Fixup_ResNet/~/res_block_1'])
+        >>> sorted(jax.eval_shape(f.init, jax.random.key(0), x)['Fixup_ResNet/~/res_block_1'])
         ['bias1a', 'bias1b', 'bias2a', 'bias2b', 'bias3a', 'bias3b', 'scale']
     """
 

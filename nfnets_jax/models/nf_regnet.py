@@ -182,10 +182,17 @@ class NFRegNet(hk.Module):
     dropout, linear (zero init).
 
     Example:
-        >>> forward = hk.transform(lambda x: NFRegNet(10, 'B0')(x, is_training=False))
-        >>> x = jnp.zeros((1, 32, 32, 3))
-        >>> forward.apply(forward.init(jax.random.key(0), x), None, x)['logits'].shape
-        (1, 10)
+        ``jax.eval_shape`` runs ``init`` and ``apply`` abstractly: the full-size trees and
+        shapes, nothing computed (call ``forward.init``/``forward.apply`` for values).
+        NF-RegNet-B0 has the parameter count of DeepMind's original:
+
+        >>> forward = hk.transform(lambda x: NFRegNet(1000, 'B0')(x, is_training=False))
+        >>> x = jnp.zeros((1, 192, 192, 3))
+        >>> params = jax.eval_shape(forward.init, jax.random.key(0), x)
+        >>> sum(p.size for p in jax.tree.leaves(params))
+        8595372
+        >>> jax.eval_shape(forward.apply, params, None, x)['logits'].shape
+        (1, 1000)
     """
 
     variant_dict = nf_regnet_params

@@ -167,11 +167,17 @@ class NFResNet(hk.Module):
     output).
 
     Example:
-        >>> forward = hk.transform(
-        ...     lambda x: NFResNet(10, 'ResNet26', width=1)(x, is_training=False))
-        >>> x = jnp.zeros((1, 32, 32, 3))
-        >>> forward.apply(forward.init(jax.random.key(0), x), None, x)['logits'].shape
-        (1, 10)
+        ``jax.eval_shape`` runs ``init`` and ``apply`` abstractly: the full-size trees and
+        shapes, nothing computed (call ``forward.init``/``forward.apply`` for values).
+        NF-ResNet-50 has the parameter count of DeepMind's original:
+
+        >>> forward = hk.transform(lambda x: NFResNet(1000, 'ResNet50')(x, is_training=False))
+        >>> x = jnp.zeros((1, 224, 224, 3))
+        >>> params = jax.eval_shape(forward.init, jax.random.key(0), x)
+        >>> sum(p.size for p in jax.tree.leaves(params))
+        25557048
+        >>> jax.eval_shape(forward.apply, params, None, x)['logits'].shape
+        (1, 1000)
     """
 
     variant_dict = nf_resnet_params

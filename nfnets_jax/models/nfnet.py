@@ -124,8 +124,9 @@ class NFBlock(hk.Module):
         Example:
             >>> block = hk.transform(lambda x: NFBlock(16, 16, group_size=8)(x, False))
             >>> x = jnp.ones((1, 8, 8, 16))
-            >>> block.apply(block.init(jax.random.key(0), x), None, x)[0].shape
-            (1, 8, 8, 16)
+            >>> out, _ = block.apply(block.init(jax.random.key(0), x), None, x)
+            >>> out.shape, bool((out == x).all())  # skip_gain starts at 0: an identity
+            ((1, 8, 8, 16), True)
         """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
@@ -212,12 +213,18 @@ class NFNet(hk.Module):
     and ``res_avg_var_{k}`` of every block. Softmax is never applied.
 
     Example:
+        ``jax.eval_shape`` runs ``init`` and ``apply`` abstractly: the full-size trees and
+        shapes, nothing computed (call ``forward.init``/``forward.apply`` for values).
+        NFNet-F0 has as many parameters as DeepMind's released ``F0_haiku.npz``:
+
         >>> forward = hk.transform(
-        ...     lambda x: NFNet(num_classes=10, variant='F0', width_pattern=[32, 64, 128, 128],
-        ...                     depth_pattern=[1, 1, 1, 1], group_width=16)(x, is_training=False))
-        >>> x = jnp.zeros((2, 32, 32, 3))
-        >>> forward.apply(forward.init(jax.random.key(0), x), None, x)['logits'].shape
-        (2, 10)
+        ...     lambda x: NFNet(num_classes=1000, variant='F0')(x, is_training=False))
+        >>> x = jnp.zeros((2, 192, 192, 3))
+        >>> params = jax.eval_shape(forward.init, jax.random.key(0), x)
+        >>> sum(p.size for p in jax.tree.leaves(params))
+        71489284
+        >>> jax.eval_shape(forward.apply, params, None, x)['logits'].shape
+        (2, 1000)
     """
 
     variant_dict = nfnet_params

@@ -330,12 +330,24 @@ class ResNet(hk.Module):
     other norms create none).
 
     Example:
+        ``jax.eval_shape`` runs ``init`` and ``apply`` abstractly: the full-size trees and
+        shapes, nothing computed (call ``f.init``/``f.apply`` for values). ResNet-50 v1b
+        is torchvision's ``resnet50`` layout, with its 25,557,032 parameters:
+
+        >>> f = hk.transform_with_state(lambda x: ResNet(1000, 50, version='v1b')(x, True))
+        >>> x = jnp.zeros((2, 224, 224, 3))
+        >>> params, state = jax.eval_shape(f.init, jax.random.key(0), x)
+        >>> sum(p.size for p in jax.tree.leaves(params))
+        25557032
+        >>> jax.eval_shape(f.apply, params, state, None, x)[0]['logits'].shape
+        (2, 1000)
+
+        GroupNorm + Proxy Norm keeps no state:
+
         >>> f = hk.transform_with_state(lambda x: ResNet(10, 18, width_multiplier=0.125,
         ...                                              norm='group_proxy')(x, True))
-        >>> x = jnp.zeros((2, 32, 32, 3))
-        >>> params, state = f.init(jax.random.key(0), x)
-        >>> f.apply(params, state, None, x)[0]['logits'].shape, state
-        ((2, 10), {})
+        >>> jax.eval_shape(f.init, jax.random.key(0), jnp.zeros((2, 32, 32, 3)))[1]
+        {}
     """
 
     def __init__(

@@ -121,10 +121,18 @@ class SkipInitResNet(hk.Module):
     block returns its input (``skip_gain = 0``).
 
     Example:
+        ``jax.eval_shape`` runs ``init`` and ``apply`` abstractly: the trees and shapes,
+        nothing computed (call ``f.init``/``f.apply`` for values):
+
         >>> f = hk.transform(lambda x: SkipInitResNet(10, 'ResNet26', width=1,
         ...                                           drop_rate=0.0)(x, False))
         >>> x = jnp.ones((1, 32, 32, 3))
-        >>> f.apply(f.init(jax.random.key(0), x), None, x)['logits'].shape
+        >>> params = jax.eval_shape(f.init, jax.random.key(0), x)
+        >>> params['SkipInit_ResNet/~/res_block_0']['skip_gain'].shape  # a scalar gain
+        ()
+        >>> sum('skip_gain' in module for module in params.values())  # ResNet-26: 8 blocks
+        8
+        >>> jax.eval_shape(f.apply, params, None, x)['logits'].shape
         (1, 10)
     """
 

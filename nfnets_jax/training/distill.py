@@ -83,10 +83,13 @@ def save_model_variables(
     `distill.teacher_checkpoint`) separates them again.
 
     Example:
-      >>> save_model_variables({'m': {'w': np.ones(2)}}, {'m': {'mean': np.zeros(2)}},
-      ...                      '/tmp/teacher.npz')
-      >>> sorted(weights.load_params('/tmp/teacher.npz')['m'])
+      >>> import tempfile
+      >>> out = tempfile.TemporaryDirectory()
+      >>> path = os.path.join(out.name, 'teacher.npz')
+      >>> save_model_variables({'m': {'w': np.ones(2)}}, {'m': {'mean': np.zeros(2)}}, path)
+      >>> sorted(weights.load_params(path)['m'])
       ['mean', 'w']
+      >>> out.cleanup()
     """
     merged: dict[str, dict[str, Any]] = {m: dict(v) for m, v in params.items()}
     for module, entries in state.items():

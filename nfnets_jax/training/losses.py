@@ -61,7 +61,7 @@ def make_targets(
       float32 targets of shape `labels.shape + (num_classes,)`, each summing to 1.
 
     Example:
-      >>> make_targets(jnp.array([0]), 4, label_smoothing=0.1)
+      >>> make_targets(jnp.array([0]), 4, label_smoothing=0.1).round(6)  # 0.9 + 0.1 / 4
       Array([[0.925, 0.025, 0.025, 0.025]], dtype=float32)
       >>> make_targets(jnp.array([0]), 3, label_smoothing=0.1, label_smoothing_form='paper')
       Array([[0.9 , 0.05, 0.05]], dtype=float32)
