@@ -37,7 +37,7 @@ from benchmarks import common  # noqa: E402
 from experiments import configs  # noqa: E402
 from nfnets_jax import data  # noqa: E402
 from nfnets_jax.training import config as config_lib  # noqa: E402
-from nfnets_jax.training import loop, parallel, step  # noqa: E402
+from nfnets_jax.training import loop, parallel  # noqa: E402
 
 SECTION = "## Training throughput"
 
@@ -68,17 +68,11 @@ def measure(config, steps: int) -> dict:
     state = jax.jit(setup.init, out_shardings=mapper.replicated)(
         jax.random.PRNGKey(config.seed), jnp.zeros(setup.image_shape)
     )
-    train_fn = mapper.map_train_step(
-        step.make_train_step(
-            setup.train_model.apply,
-            setup.optimizer,
-            num_classes=plan.num_classes,
-            learning_rate_fn=setup.learning_rate_fn,
-            label_smoothing=config.label_smoothing,
-            ema_decay=config.ema_decay if config.use_ema else None,
-            grad_accum_steps=config.grad_accum_steps,
-        )
-    )
+    mapped_step = loop.build_train_step(config, plan, setup, mapper)
+
+    def train_fn(device_state, batch):
+        return mapped_step.fn(device_state, batch, *mapped_step.extra_args)
+
     device_state = mapper.to_device_state(state)
     host_batches = loop.train_iterator(config, plan, mapper)
 
@@ -90,6 +84,14 @@ def measure(config, steps: int) -> dict:
     pipeline_s = (time.perf_counter() - start) / steps
 
     batches = data.prefetch_to_device(host_batches, size=2, sharding=mapper.batch_sharding)
+    try:
+        return _measure_steps(config, mapper, train_fn, device_state, batches, steps, pipeline_s)
+    finally:
+        batches.close()  # stop the prefetch thread before TensorFlow shuts down
+
+
+def _measure_steps(config, mapper, train_fn, device_state, batches, steps, pipeline_s) -> dict:
+    """Compile, synthetic and real step timings (see `measure`)."""
     fixed = next(batches)
     start = time.perf_counter()
     device_state, metrics = train_fn(device_state, fixed)

@@ -143,6 +143,63 @@ def build_setup(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class MappedTrainStep:
+    """The run's training step mapped over the devices.
+
+    Call as ``fn(device_state, device_batch, *extra_args) -> (device_state, metrics)``.
+    """
+
+    fn: Any
+    extra_args: tuple  # the replicated teacher variables when distilling, else ()
+    teacher: Any  # the loaded `distill.Teacher`, or None
+
+
+def build_train_step(
+    config: ml_collections.ConfigDict,
+    plan: RunPlan,
+    setup: Setup,
+    mapper: parallel.DeviceMapper,
+) -> MappedTrainStep:
+    """The training step `train_and_evaluate` runs, built from the config.
+
+    Label smoothing (and its form), Bag-of-Tricks mixup, EMA, gradient accumulation and,
+    when ``config.distill.teacher_checkpoint`` is set, knowledge distillation (the
+    teacher is loaded here and its variables become a replicated step argument, never a
+    compiled constant). Benchmarks use this too, so they time exactly what runs.
+    """
+    teacher = teacher_fn = loss_fn = None
+    extra_args: tuple = ()
+    distill_config = config.get("distill")
+    if distill_config is not None and distill_config.teacher_checkpoint:
+        from nfnets_jax.training import distill, losses
+
+        teacher = distill.load_teacher(config, plan.num_classes)
+        teacher_fn = teacher.logits
+        loss_fn = losses.make_distillation_loss_fn(
+            temperature=distill_config.temperature,
+            hard_weight=distill_config.hard_weight,
+            soft_weight=distill_config.soft_weight,
+            soft_loss=distill_config.soft_loss,
+        )
+        extra_args = (mapper.to_device_state(mapper.replicate(teacher.variables)),)
+    train_step = step.make_train_step(
+        setup.train_model.apply,
+        setup.optimizer,
+        num_classes=plan.num_classes,
+        learning_rate_fn=setup.learning_rate_fn,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay if config.use_ema else None,
+        grad_accum_steps=config.grad_accum_steps,
+        label_smoothing_form=config.get("label_smoothing_form", "uniform"),
+        mixup_alpha=config.get("mixup_alpha", 0.0),
+        teacher_fn=teacher_fn,
+        loss_fn=loss_fn,
+    )
+    fn = mapper.map_train_step(train_step, num_replicated_args=len(extra_args))
+    return MappedTrainStep(fn, extra_args, teacher)
+
+
 def parameter_table(params: hk.Params) -> str:
     """A per-module table of parameter shapes and counts, with the total."""
     lines = [f"{'module/param':<70} {'shape':<22} {'count':>12}"]
@@ -264,7 +321,6 @@ def train_and_evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     setup = build_setup(config, plan, mapper)
-    optimizer, learning_rate_fn = setup.optimizer, setup.learning_rate_fn
     image_shape = setup.image_shape
     rng = jax.random.PRNGKey(config.seed)
 
@@ -295,7 +351,7 @@ def train_and_evaluate(
         )
         if config.init_from:
             state = finetune.init_state_from_checkpoint(
-                state, config.init_from, optimizer=optimizer, mapper=mapper
+                state, config.init_from, optimizer=setup.optimizer, mapper=mapper
             )
     start_step = int(parallel.host_copy(state.step))
     writer = writers.MetricWriter(workdir, enabled=is_main)
@@ -314,40 +370,13 @@ def train_and_evaluate(
             f"with {config.parallelism}."
         )
 
-    # Knowledge distillation: the teacher's variables are a replicated step argument.
-    teacher_args: tuple = ()
-    teacher_fn = loss_fn = None
-    distill_config = config.get("distill")
-    if distill_config is not None and distill_config.teacher_checkpoint:
-        from nfnets_jax.training import distill, losses
-
-        teacher = distill.load_teacher(config, plan.num_classes)
-        teacher_fn = teacher.logits
-        loss_fn = losses.make_distillation_loss_fn(
-            temperature=distill_config.temperature,
-            hard_weight=distill_config.hard_weight,
-            soft_weight=distill_config.soft_weight,
-            soft_loss=distill_config.soft_loss,
-        )
-        teacher_args = (mapper.to_device_state(mapper.replicate(teacher.variables)),)
+    mapped_step = build_train_step(config, plan, setup, mapper)
+    train_fn, teacher_args = mapped_step.fn, mapped_step.extra_args
+    if mapped_step.teacher is not None:
         writers.log_line(
             f"Distilling from {config.distill.teacher_model or 'the'} teacher "
-            f"({teacher.description}), T={distill_config.temperature}."
+            f"({mapped_step.teacher.description}), T={config.distill.temperature}."
         )
-    train_step = step.make_train_step(
-        setup.train_model.apply,
-        optimizer,
-        num_classes=plan.num_classes,
-        learning_rate_fn=learning_rate_fn,
-        label_smoothing=config.label_smoothing,
-        ema_decay=config.ema_decay if config.use_ema else None,
-        grad_accum_steps=config.grad_accum_steps,
-        label_smoothing_form=config.get("label_smoothing_form", "uniform"),
-        mixup_alpha=config.get("mixup_alpha", 0.0),
-        teacher_fn=teacher_fn,
-        loss_fn=loss_fn,
-    )
-    train_fn = mapper.map_train_step(train_step, num_replicated_args=len(teacher_args))
     eval_fn = mapper.map_eval_step(
         step.make_eval_step(setup.eval_model.apply, num_classes=plan.num_classes)
     )

@@ -1,0 +1,38 @@
+"""The benchmark scripts still run and record what they measure (never how fast).
+
+Speed is not asserted here: only that the scripts work end to end on the tiny config,
+report consistent figures and update their BENCHMARKS.md section in place.
+"""
+
+import math
+
+from benchmarks import common, train_throughput
+from tests.training.tiny import tiny_config
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## A\n\nold a\n\n## B\n\nb\n")
+    common.write_section("## A", "## A\n\nnew a\n", str(path))
+    common.write_section("## C", "## C\n\nc", str(path))
+    assert path.read_text() == "# Benchmarks\n\n## A\n\nnew a\n\n## B\n\nb\n\n## C\n\nc\n"
+
+
+def test_median_seconds_calls_warmup_then_steps():
+    calls = []
+    seconds = common.median_seconds(lambda: calls.append(1), steps=3, warmup=2)
+    assert len(calls) == 5 and 0 <= seconds < 1
+
+
+def test_train_throughput_measures_the_runs_own_step():
+    config = tiny_config()
+    result = train_throughput.measure(config, steps=2)
+    assert result["finite"]
+    assert result["batch"] == 16 and result["image_size"] == 16
+    assert result["devices"].startswith("4 x ")  # the fake CPU devices of conftest.py
+    for key in ("compile_s", "step_s", "synthetic_ips", "real_ips", "pipeline_ips"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert math.isclose(result["synthetic_ips"], 16 / result["step_s"])
+    table = train_throughput.render([("tiny", "tests/training/tiny.py", result)])
+    assert "| tiny | `tests/training/tiny.py` | 4 x " in table
+    assert f"{result['real_ips'] / result['synthetic_ips']:.2f}" in table
