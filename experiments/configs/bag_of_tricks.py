@@ -75,15 +75,7 @@ def get_config(variant: str = "refined") -> ml_collections.ConfigDict:
             zero_init_residual=not baseline,
         )
     )
-    config.dataset.update(
-        dict(
-            image_size=224,
-            eval_image_size=224,
-            train_preproc="inception_crop",
-            eval_preproc="crop_resize",
-            augment_name="",
-        )
-    )
+    config.dataset.update(common.RESNET_IMAGENET_DATA)
     config.train_batch_size = 256 if baseline else 1024
     config.eval_batch_size = 1000
     config.num_epochs = 200.0 if variant == "refined_mixup" else 120.0

@@ -13,6 +13,19 @@ from nfnets_jax import optim
 IMAGENET_TRAIN_EXAMPLES = 1_281_167  # tfds imagenet2012 'train' (spec section 6.1).
 
 
+#: The ResNet papers' ImageNet data recipe (NF-ResNets, the normalized ResNet baselines and
+#: the Bag of Tricks): inception-style crops + flips at 224 px; evaluation on a centre crop
+#: of side min(h, w) * 224 / 256 resized to 224 (`crop_resize`, the resize-256 /
+#: centre-crop-224 protocol); no MixUp/CutMix/RandAugment.
+RESNET_IMAGENET_DATA = dict(
+    image_size=224,
+    eval_image_size=224,
+    train_preproc="inception_crop",
+    eval_preproc="crop_resize",
+    augment_name="",
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """An unlocked config with every field the training loop reads."""
     config = ml_collections.ConfigDict()

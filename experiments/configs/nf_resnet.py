@@ -40,15 +40,7 @@ def get_config(variant: str = "ResNet50") -> ml_collections.ConfigDict:
             activation="relu",
         )
     )
-    config.dataset.update(
-        dict(
-            image_size=224,
-            eval_image_size=224,
-            train_preproc="inception_crop",
-            eval_preproc="crop_resize",
-            augment_name="",
-        )
-    )
+    config.dataset.update(common.RESNET_IMAGENET_DATA)
     config.train_batch_size = 1024
     config.eval_batch_size = 1000
     config.num_epochs = 90.0

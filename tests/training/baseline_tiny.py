@@ -1,6 +1,7 @@
 """The baseline presets shrunk to run one step in seconds on CPU (digits at 16 px)."""
 
 from experiments import configs
+from tests.training.tiny import set_fields
 
 # Same code paths as the full-size models: 4 blocks (one per stage), narrow widths.
 SHRINK = {
@@ -29,12 +30,7 @@ def tiny_preset(name: str, **overrides):
         config.log_every_steps = 1
         if "warmup_epochs" in config.optimizer.schedule:
             config.optimizer.schedule.warmup_epochs = 0.0
-        for key, value in overrides.items():
-            target = config
-            *parents, leaf = key.split(".")
-            for part in parents:
-                target = target[part]
-            target[leaf] = value
+        set_fields(config, overrides)
     return config
 
 

@@ -32,13 +32,18 @@ def tiny_config(**overrides):
         config.eval_every_steps = 0
         config.checkpoint_every_steps = 3
         config.keep_checkpoints = 2
-        for key, value in overrides.items():
-            target = config
-            *parents, leaf = key.split(".")
-            for part in parents:
-                target = target[part]
-            target[leaf] = value
+        set_fields(config, overrides)
     return config
+
+
+def set_fields(config, overrides):
+    """Sets dotted fields, e.g. `{"dataset.image_size": 16}`, on an unlocked config."""
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
 
 
 def get_config(arg=None):
