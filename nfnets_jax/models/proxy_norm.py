@@ -130,6 +130,7 @@ class ProxyNormActivation(hk.Module):
         eps: float = PROXY_EPS,
         num_proxy_samples: int = NUM_PROXY_SAMPLES,
         gamma_init: hk.initializers.Initializer | None = None,
+        recompute: bool = False,
         name: str | None = None,
     ):
         """Builds the activation step.
@@ -140,6 +141,11 @@ class ProxyNormActivation(hk.Module):
             eps: ``epsilon_PN`` added to the proxy variance (0.03).
             num_proxy_samples: number of proxy quantiles (200).
             gamma_init: initializer of ``gamma`` (ones).
+            recompute: recompute the elementwise PN-Act in the backward pass
+                (``jax.checkpoint``) instead of keeping its float32 intermediates, which
+                are two activation-sized float32 tensors per PN-Act: less memory, the
+                same numbers, some extra elementwise work (baselines spec 1.2, optional;
+                the reference's ``--proxy-recompute``).
             name: module name.
         """
         super().__init__(name=name)
@@ -154,6 +160,7 @@ class ProxyNormActivation(hk.Module):
         # A trace-time constant: float32 quantiles, identical on every call.
         self.quantiles = jnp.asarray(proxy_quantiles(num_proxy_samples), jnp.float32)
         self.gamma_init = gamma_init or jnp.ones
+        self.recompute = bool(recompute)
 
     def parameters(self, channels: int) -> tuple[jax.Array, ...]:
         """Creates/reads ``(beta, gamma, proxy_beta, proxy_gamma)`` as float32 ``[C]``."""
@@ -178,6 +185,11 @@ class ProxyNormActivation(hk.Module):
         mean, var = proxy_moments(
             self.activation, beta, gamma, proxy_beta, proxy_gamma, self.quantiles
         )
+        apply = jax.checkpoint(self._apply) if self.recompute else self._apply
+        return apply(y, beta, gamma, mean, var)
+
+    def _apply(self, y, beta, gamma, mean, var):
+        """The elementwise part: pure (no Haiku calls), so it can be rematerialised."""
         act = self.activation(gamma * y.astype(jnp.float32) + beta)
         z = (act - mean) * jax.lax.rsqrt(var + self.eps)
         return z.astype(y.dtype)

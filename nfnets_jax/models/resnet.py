@@ -114,6 +114,7 @@ class NormFactory:
         decay: BatchNorm running-average decay.
         cross_replica_axis: BatchNorm statistics axis (or None).
         proxy_eps: Proxy Norm epsilon.
+        proxy_recompute: rematerialise PN-Act in the backward pass (saves memory).
         activation_name: the activation of norm + activation pairs (PN's ``phi``).
     """
 
@@ -123,6 +124,7 @@ class NormFactory:
     decay: float = DEFAULT_DECAY
     cross_replica_axis: str | None = None
     proxy_eps: float = PROXY_EPS
+    proxy_recompute: bool = False
     activation_name: str = "relu"
 
     @classmethod
@@ -161,7 +163,12 @@ class NormFactory:
         """
         if self.proxy:
             norm = self._norm(f"norm{suffix}", scale=False, offset=False, zero=False)
-            pn = ProxyNormActivation(self.activation_name, self.proxy_eps, name=f"act{suffix}")
+            pn = ProxyNormActivation(
+                self.activation_name,
+                self.proxy_eps,
+                recompute=self.proxy_recompute,
+                name=f"act{suffix}",
+            )
             return lambda x, is_training: pn(norm(x, is_training), is_training)
         norm = self._norm(f"norm{suffix}", scale=True, offset=True, zero=False)
         act = get_plain_activation(self.activation_name)
@@ -366,6 +373,7 @@ class ResNet(hk.Module):
         bn_decay: float = DEFAULT_DECAY,
         cross_replica_axis: str | None = None,
         proxy_eps: float = PROXY_EPS,
+        proxy_recompute: bool = False,
         width_multiplier: float = 1.0,
         depth_pattern: Sequence[int] | None = None,
         fc_init: hk.initializers.Initializer | None = None,
@@ -395,6 +403,8 @@ class ResNet(hk.Module):
             cross_replica_axis: device axis for global BatchNorm statistics (``'data'``
                 in the training step); ignored where that axis is not bound.
             proxy_eps: Proxy Norm's epsilon (0.03).
+            proxy_recompute: recompute every PN-Act in the backward pass instead of
+                storing its float32 intermediates (less memory, same numbers).
             width_multiplier: scales every width (stem, stages) for small experiments.
             depth_pattern: blocks per stage, overriding the depth's (beyond the
                 original; for small experiments and tests).
@@ -437,6 +447,7 @@ class ResNet(hk.Module):
             decay=float(bn_decay),
             cross_replica_axis=cross_replica_axis,
             proxy_eps=float(proxy_eps),
+            proxy_recompute=bool(proxy_recompute),
             activation_name=activation,
         )
         self.zero_init_residual = bool(zero_init_residual)

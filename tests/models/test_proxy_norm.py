@@ -255,3 +255,49 @@ def test_pn_act_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_proxy_samples"):
         proxy_quantiles(1)
     assert get_plain_activation("swish") is get_plain_activation("silu")
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_recompute_keeps_the_numbers_and_saves_only_the_input(activation):
+    """Optional remat (spec 1.2): same values and gradients; the backward pass keeps only
+    the bf16 input instead of float32 activation-sized intermediates."""
+    y = jax.random.normal(jax.random.key(0), (2, 8, 8, 16)).astype(jnp.bfloat16)
+    results = {}
+    for recompute in (False, True):
+        f = hk.transform(lambda y: ProxyNormActivation(activation, recompute=recompute)(y))
+        params = f.init(None, y)
+        params = jax.tree.map(lambda p: p + 0.1, params)  # away from the init
+        out, vjp = jax.vjp(lambda p, y: f.apply(p, None, y), params, y)
+        grads = vjp(jnp.ones_like(out))
+        big = [leaf for leaf in jax.tree.leaves(vjp) if leaf.shape == y.shape]
+        results[recompute] = out, grads, big
+    (out0, grads0, saved0), (out1, grads1, saved1) = results[False], results[True]
+    np.testing.assert_array_equal(np.asarray(out1, np.float32), np.asarray(out0, np.float32))
+    for g1, g0 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(g1, np.float32), np.asarray(g0, np.float32), rtol=1e-6
+        )
+    assert any(s.dtype == jnp.float32 for s in saved0)  # float32 intermediates kept
+    assert [s.dtype for s in saved1] == [jnp.bfloat16]  # only the input itself
+
+
+def test_resnet_proxy_recompute_remats_every_pn_act():
+    x = jnp.zeros((2, 16, 16, 3))
+    counts = {}
+    for recompute in (False, True):
+        forward = transform(
+            lambda: ResNet(
+                10,
+                50,
+                "v2",
+                "group_proxy",
+                width_multiplier=0.125,
+                depth_pattern=(1, 1, 1, 1),
+                proxy_recompute=recompute,
+            )
+        )
+        params, state = abstract_variables(forward)
+        loss = lambda p: forward.apply(p, state, None, x, True)[0]["logits"].sum()  # noqa: E731
+        counts[recompute] = str(jax.make_jaxpr(jax.grad(loss))(params)).count("remat")
+    # v2 with 4 bottlenecks: 3 PN-Acts per block + the head's = 13.
+    assert counts == {False: 0, True: 13}
