@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
     from experiments import configs
-    from nfnets_jax import checkpoint_sources, model_spec, weights
+    from nfnets_jax import checkpoint_sources
     from nfnets_jax.training import evaluation, writers
 
     writers.quiet_library_logs()
@@ -128,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except checkpoint_sources.CheckpointNotFoundError as error:
         return _fail(str(error))
-    except (
-        weights.CheckpointMismatchError,
-        weights.UnsafePickleError,
-        model_spec.UnrecognizedCheckpointError,
-        ValueError,
-    ) as error:
+    except checkpoint_sources.UNUSABLE_CHECKPOINT_ERRORS as error:
         return _fail(f"cannot evaluate {args.checkpoint}: {error}", code=1)
     results["config"] = origin
     print(f"Checkpoint: {results['checkpoint']}")

@@ -69,19 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
-    from nfnets_jax import checkpoint_sources, model_spec, pretrained, weights
+    from nfnets_jax import checkpoint_sources, pretrained
 
     try:
         model = pretrained.load(args.checkpoint, use_ema=args.ema, image_size=args.image_size)
     except checkpoint_sources.CheckpointNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (
-        weights.CheckpointMismatchError,
-        weights.UnsafePickleError,
-        model_spec.UnrecognizedCheckpointError,
-        ValueError,
-    ) as error:
+    except checkpoint_sources.UNUSABLE_CHECKPOINT_ERRORS as error:
         print(f"error: cannot use {args.checkpoint}: {error}", file=sys.stderr)
         return 1
     try:

@@ -35,6 +35,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from launch import split_train_args
+
 LAYOUTS = ("task_per_gpu", "task_per_node")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # SIGTERM 5 minutes before the time limit (the runner checkpoints on SIGTERM).
@@ -101,11 +103,7 @@ def sbatch_script(args: argparse.Namespace, extra: Sequence[str] = ()) -> str:
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Parses the launcher's flags; arguments after ``--`` go to experiments.train."""
-    argv = list(argv)
-    extra = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, extra = argv[:split], argv[split + 1 :]
+    argv, extra = split_train_args(argv)
     parser = argparse.ArgumentParser(
         prog="python -m launch.slurm",
         description="Write and submit an sbatch script for multi-node GPU training.",

@@ -36,6 +36,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from launch import split_train_args
+
 ACTIONS = ("create", "install", "run", "logs", "stop", "delete")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = "nfnets_jax.tar.gz"  # name of the code archive, locally (in /tmp) and on hosts
@@ -171,11 +173,7 @@ def commands(action: str, args: argparse.Namespace, extra: Sequence[str] = ()) -
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Parses the launcher's flags; arguments after ``--`` go to experiments.train."""
-    argv = list(argv)
-    extra = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, extra = argv[:split], argv[split + 1 :]
+    argv, extra = split_train_args(argv)
     parser = argparse.ArgumentParser(
         prog="python -m launch.tpu_vm",
         description="Create, set up, run on and delete a Cloud TPU VM or pod slice.",

@@ -29,6 +29,7 @@ from absl import logging
 from nfnets_jax import imagenet, weights
 from nfnets_jax.model_spec import (
     ModelSpec,
+    UnrecognizedCheckpointError,
     head_classes,
     read_sidecar,
     spec_from_config,
@@ -38,6 +39,7 @@ from nfnets_jax.model_spec import (
 __all__ = [
     "CheckpointNotFoundError",
     "LoadedCheckpoint",
+    "UNUSABLE_CHECKPOINT_ERRORS",
     "checkpoint_directory",
     "dataset_class_names",
     "export_run",
@@ -56,6 +58,16 @@ _HOW_TO_GET_WEIGHTS = (
 
 class CheckpointNotFoundError(FileNotFoundError):
     """No checkpoint at the given path; the message says where to get one."""
+
+
+#: What reading an existing checkpoint raises when it cannot be used: parameters that do
+#: not fit, an unsafe pickle, an unrecognised tree, or a file that is no checkpoint.
+UNUSABLE_CHECKPOINT_ERRORS: tuple[type[Exception], ...] = (
+    weights.CheckpointMismatchError,
+    weights.UnsafePickleError,
+    UnrecognizedCheckpointError,
+    ValueError,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Every ``>>>`` example in the docstrings of nfnets_jax and experiments runs and is right.
+"""Every ``>>>`` docstring example of nfnets_jax, experiments, launch, benchmarks runs right.
 
 Modules are discovered from the source tree (``pkgutil.iter_modules``, recursively, so
 nothing is imported to find them) and only those whose source has a ``>>>`` line are
@@ -21,7 +21,7 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("nfnets_jax", "experiments")
+PACKAGES = ("nfnets_jax", "experiments", "launch", "benchmarks")
 OPTIONFLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 # A line that starts a doctest example.
 PROMPT = re.compile(r"^\s*>>>", flags=re.M)

@@ -81,33 +81,12 @@ def evaluate_params(
     eval_fn = mapper.map_eval_step(step.make_eval_step(eval_model.apply, num_classes=num_classes))
     device_params = mapper.to_device_state(mapper.replicate(params))
     device_state = mapper.to_device_state(mapper.replicate(model_state))
-    batches = data.eval_iterator(
-        config.dataset.name,
-        split=config.dataset.eval_split or None,
-        data_dir=config.dataset.data_dir,
-        local_device_count=mapper.num_local_devices,
-        per_device_batch=config.eval_batch_size // mapper.num_devices,
-        image_size=config.dataset.eval_image_size,
-        eval_preproc=config.dataset.eval_preproc,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        flatten_devices=mapper.flatten_batches,
-    )
     start = time.time()
-    totals = None
-    for batch in data.prefetch_to_device(batches, size=2, sharding=mapper.batch_sharding):
-        sums = eval_fn(device_params, device_state, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        raise RuntimeError(f"The evaluation split of {config.dataset.name!r} yielded no batches.")
-    totals = jax.device_get(totals)
+    results = loop.evaluate(config, mapper, eval_fn, device_params, device_state)
     seconds = time.time() - start
-    count = float(totals["count"])
+    count = results["num_examples"]
     return {
-        "top_1_acc": float(totals["top_1"]) / count,
-        "top_5_acc": float(totals["top_5"]) / count,
-        "loss": float(totals["loss"]) / count,
-        "num_examples": count,
+        **results,
         "seconds": seconds,
         "images_per_sec": count / seconds if seconds > 0 else float("nan"),
     }

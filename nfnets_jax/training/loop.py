@@ -232,7 +232,7 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _eval_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper):
+def _eval_iterator(config, mapper: parallel.DeviceMapper):
     eval_per_device = config.eval_batch_size // mapper.num_devices
     return data.eval_iterator(
         config.dataset.name,
@@ -268,11 +268,21 @@ def train_iterator(config, plan: RunPlan, mapper: parallel.DeviceMapper, start_s
     )
 
 
-def evaluate(config, plan, mapper, eval_fn, params, model_state) -> dict[str, float]:
-    """Top-1/top-5/loss of (device-layout) `params` over the whole eval split."""
+def evaluate(
+    config: ml_collections.ConfigDict,
+    mapper: parallel.DeviceMapper,
+    eval_fn: Any,
+    params: Any,
+    model_state: Any,
+) -> dict[str, float]:
+    """Top-1/top-5/loss of (device-layout) `params` over the whole eval split.
+
+    Every example is counted once (padding is masked out); `eval_fn` is the mapped
+    `step.make_eval_step`. Returns `loss`, `top_1_acc`, `top_5_acc` and `num_examples`.
+    """
     totals = None
     batches = data.prefetch_to_device(
-        _eval_iterator(config, plan, mapper), size=2, sharding=mapper.batch_sharding
+        _eval_iterator(config, mapper), size=2, sharding=mapper.batch_sharding
     )
     for batch in batches:
         sums = eval_fn(params, model_state, batch)
@@ -393,13 +403,11 @@ def train_and_evaluate(
 
     def run_eval(device_state, step_number: int) -> dict[str, dict[str, float]]:
         results = {
-            "eval": evaluate(
-                config, plan, mapper, eval_fn, device_state.params, device_state.model_state
-            )
+            "eval": evaluate(config, mapper, eval_fn, device_state.params, device_state.model_state)
         }
         if config.use_ema:
             results["ema_eval"] = evaluate(
-                config, plan, mapper, eval_fn, device_state.ema_params, device_state.ema_state
+                config, mapper, eval_fn, device_state.ema_params, device_state.ema_state
             )
         for prefix, values in results.items():
             writer.write_scalars(step_number, values, prefix=f"{prefix}/")
