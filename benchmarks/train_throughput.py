@@ -37,7 +37,7 @@ from benchmarks import common  # noqa: E402
 from experiments import configs  # noqa: E402
 from nfnets_jax import data  # noqa: E402
 from nfnets_jax.training import config as config_lib  # noqa: E402
-from nfnets_jax.training import loop, parallel  # noqa: E402
+from nfnets_jax.training import loop, parallel, startup  # noqa: E402
 
 SECTION = "## Training throughput"
 
@@ -63,31 +63,32 @@ def measure(config, steps: int) -> dict:
     """Runs the measurements for one config; returns the figures."""
     mapper = parallel.DeviceMapper(config.parallelism)
     config_lib.validate_config(config, num_devices=mapper.num_devices)
-    plan = loop.plan_run(config, mapper)
-    setup = loop.build_setup(config, plan, mapper)
+    plan = startup.plan_run(config, mapper)
+    setup = startup.build_setup(config, plan, mapper)
     state = jax.jit(setup.init, out_shardings=mapper.replicated)(
         jax.random.PRNGKey(config.seed), jnp.zeros(setup.image_shape)
     )
-    mapped_step = loop.build_train_step(config, plan, setup, mapper)
+    mapped_step = startup.build_train_step(config, plan, setup, mapper)
 
     def train_fn(device_state, batch):
         return mapped_step.fn(device_state, batch, *mapped_step.extra_args)
 
     device_state = mapper.to_device_state(state)
-    host_batches = loop.train_iterator(config, plan, mapper)
-
-    # The input pipeline alone (host batches, no training), after one warm-up batch.
-    next(host_batches)
-    start = time.perf_counter()
-    for _ in range(steps):
+    # Both the iterator and the prefetch thread are closed on the way out, before
+    # TensorFlow shuts down.
+    with loop.train_iterator(config, plan, mapper) as host_batches:
+        # The input pipeline alone (host batches, no training), after one warm-up batch.
         next(host_batches)
-    pipeline_s = (time.perf_counter() - start) / steps
-
-    batches = data.prefetch_to_device(host_batches, size=2, sharding=mapper.batch_sharding)
-    try:
-        return _measure_steps(config, mapper, train_fn, device_state, batches, steps, pipeline_s)
-    finally:
-        batches.close()  # stop the prefetch thread before TensorFlow shuts down
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(host_batches)
+        pipeline_s = (time.perf_counter() - start) / steps
+        with data.prefetch_to_device(
+            host_batches, size=2, sharding=mapper.batch_sharding
+        ) as batches:
+            return _measure_steps(
+                config, mapper, train_fn, device_state, batches, steps, pipeline_s
+            )
 
 
 def _measure_steps(config, mapper, train_fn, device_state, batches, steps, pipeline_s) -> dict:

@@ -29,10 +29,11 @@ process's shard (1.28M records / process_count), about 4 minutes for a whole epo
 (local disk). `seed=None`
 draws a fresh seed and lets tf.data reorder elements for throughput, as the original.
 
-tfds sources shuffle each epoch with a buffer of `shuffle_buffer` records (default: 10
-host batches, as the original), over the records in their stored order (tfds shuffles
-records when it builds a dataset); folder and digits sources get a full permutation
-per epoch.
+tfds sources shuffle each epoch with a buffer of `shuffle_buffer` records over the
+records in their stored order (tfds shuffles records when it builds a dataset). The
+default is the original's `10 * per-host batch`: 10 host batches of output examples,
+10 x D x B records, also when mixing reads 2 records per output example. Folder and
+digits sources get a full permutation per epoch.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ __all__ = ["EvalIterator", "TrainIterator", "eval_iterator", "num_eval_batches",
 _SHUFFLE_STREAM, _EXAMPLE_STREAM, _MIX_STREAM, _AUGMENT_STREAM, _MIXED_AUGMENT_STREAM = range(1, 6)
 # Upper bound on epochs of the endless training stream.
 _MAX_EPOCHS = 2**40
-# Default tfds shuffle buffer, in host batches (the original's `10 * batch`).
+# Default tfds shuffle buffer, in host batches of output examples (the original's
+# `10 * np.prod(batch_dims)`, whatever mixing reads).
 _SHUFFLE_BUFFER_BATCHES = 10
 _IMAGE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 
@@ -83,17 +85,35 @@ def _options(deterministic: bool, num_threads: int | None) -> tf.data.Options:
 
 
 class _NumpyBatches:
-    """Iterates a batched tf.data pipeline as numpy dicts (optionally device-flattened)."""
+    """Iterates a batched tf.data pipeline as numpy dicts (optionally device-flattened).
+
+    `close()` (or leaving a ``with`` block) releases the tf.data iterator and its
+    background work; the stream then ends.
+    """
 
     def __init__(self, ds: tf.data.Dataset, flatten_devices: bool) -> None:
         self._ds = ds
         self._flatten = flatten_devices
         self._iterator: Iterator | None = None
+        self._closed = False
 
     def __iter__(self):
         return self
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the tf.data iterator; later calls to `next` raise StopIteration."""
+        self._closed = True
+        self._iterator = None
+
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise StopIteration
         if self._iterator is None:
             self._iterator = self._ds.as_numpy_iterator()
         batch = next(self._iterator)
@@ -114,6 +134,8 @@ class TrainIterator(_NumpyBatches):
         seed: the seed in use (drawn at random when None was passed).
         deterministic: whether the stream is reproducible (a seed was passed).
         step: the step of the next batch.
+        shuffle_buffer: records in the shuffle buffer of a tfds source (None for folder
+            and digits sources, which are fully permuted).
     """
 
     def __init__(
@@ -128,6 +150,7 @@ class TrainIterator(_NumpyBatches):
         seed: int,
         deterministic: bool,
         step: int,
+        shuffle_buffer: int | None,
     ) -> None:
         super().__init__(ds, flatten_devices)
         self.info = info
@@ -137,6 +160,7 @@ class TrainIterator(_NumpyBatches):
         self.seed = seed
         self.deterministic = deterministic
         self.step = step
+        self.shuffle_buffer = shuffle_buffer
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = super().__next__()
@@ -183,7 +207,7 @@ def _epoch_stream(
     shuffle_key,
     first_epoch: int,
     skip: int,
-    shuffle_buffer: int,
+    shuffle_buffer: int | None,
 ) -> tf.data.Dataset:
     """Endless `{'image', 'label', 'index'}` stream in per-epoch shuffled order."""
 
@@ -259,7 +283,8 @@ def train_iterator(
         process_count: number of processes (`jax.process_count()`).
         flatten_devices: yield `[D * B, ...]` instead of `[D, B, ...]`.
         shuffle_buffer: records in the shuffle buffer of tfds sources (default 10 host
-            batches); folder and digits sources are fully permuted.
+            batches of output examples, `10 * local_device_count * per_device_batch`, as
+            the original); folder and digits sources are fully permuted.
         image_dtype: `'float32'` or `'bfloat16'` images.
         with_index: add `'index'` (position of each example in the split; for tfds
             sources in its read order) and, when mixing, `'mix_index'`.
@@ -322,6 +347,9 @@ def train_iterator(
     # nothing is mixed), otherwise on the mixed examples.
     augment_first = augment_before_mix or not config.mixing
 
+    shuffle_buffer = (
+        None if source.random_access else (shuffle_buffer or _SHUFFLE_BUFFER_BATCHES * host_batch)
+    )
     ds = _epoch_stream(
         source,
         base_split,
@@ -330,7 +358,7 @@ def train_iterator(
         shuffle_key=keys[_SHUFFLE_STREAM],
         first_epoch=first_epoch,
         skip=skip,
-        shuffle_buffer=shuffle_buffer or _SHUFFLE_BUFFER_BATCHES * examples_per_step,
+        shuffle_buffer=shuffle_buffer,
     )
     ds = ds.enumerate(start_position)
 
@@ -403,6 +431,7 @@ def train_iterator(
         seed=seed,
         deterministic=deterministic,
         step=start_step,
+        shuffle_buffer=shuffle_buffer,
     )
 
 

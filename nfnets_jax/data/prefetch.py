@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 __all__ = ["DevicePrefetcher", "default_sharding", "prefetch_to_device"]
 
@@ -63,17 +64,24 @@ class DevicePrefetcher(Iterator):
 
     A background thread pulls host batches from the source iterator, starts their
     transfer with `jax.device_put` and puts the device arrays on a queue of depth
-    `size`. Exceptions raised by the source are re-raised by `__next__`. `close()` (or
-    dropping the iterator) stops the thread.
+    `size`. Exceptions raised by the source are re-raised by `__next__`.
+
+    The prefetcher owns its source: `close()` (or leaving a ``with`` block) stops the
+    thread, waits for it to finish the batch it is reading, then closes the source if it
+    has a ``close()`` method (the pipeline's iterators and generators do). A thread left
+    inside TensorFlow when the interpreter exits aborts the process, so every owner
+    closes its prefetcher on every exit path. Dropping the iterator without closing it
+    stops the thread too, but does not wait for it.
     """
 
     def __init__(self, iterator: Iterable, size: int, sharding: jax.sharding.Sharding) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._done = False
+        self._source = iter(iterator)
         self._thread = threading.Thread(
             target=_fill,
-            args=(iter(iterator), sharding, self._queue, self._stop),
+            args=(self._source, sharding, self._queue, self._stop),
             daemon=True,
             name="prefetch_to_device",
         )
@@ -91,11 +99,37 @@ class DevicePrefetcher(Iterator):
             raise item
         return item
 
-    def close(self) -> None:
-        """Stops the background thread (batches not yet consumed are dropped)."""
+    def __enter__(self) -> DevicePrefetcher:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = 120.0) -> None:
+        """Stops the thread, joins it and closes the source (queued batches are dropped).
+
+        Args:
+            timeout: seconds to wait for the thread to finish the batch it is reading
+                (None: no limit). If it is still reading then, a warning is logged and
+                the source is left open for the thread.
+        """
         self._stop.set()
         self._done = True
-        self._thread.join(timeout=5.0)
+        while True:  # free the queued device buffers now
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logging.warning(
+                "The input thread is still reading a batch after %s s; leaving it to finish.",
+                timeout,
+            )
+            return
+        close_source = getattr(self._source, "close", None)
+        if close_source is not None:
+            close_source()
 
     def __del__(self) -> None:
         self._stop.set()
@@ -120,7 +154,9 @@ def prefetch_to_device(
             axis split over `jax.local_devices()` (`default_sharding()`).
 
     Returns:
-        An iterator of pytrees of `jax.Array`s with the given sharding.
+        A `DevicePrefetcher` of pytrees of `jax.Array`s with the given sharding. It owns
+        `iterator`: close it (or use it in a ``with`` block) to stop its thread and close
+        `iterator` too.
 
     Raises:
         ValueError: if `size < 1`.
@@ -130,11 +166,10 @@ def prefetch_to_device(
         >>> n = jax.local_device_count()
         >>> host_batches = train_iterator('digits', local_device_count=n, per_device_batch=8,
         ...                               image_size=32, train_preproc='resize', seed=0)
-        >>> batches = prefetch_to_device(host_batches, size=2)
-        >>> images = next(batches)['images']  # [n, 8, 32, 32, 3]: one row per device
+        >>> with prefetch_to_device(host_batches, size=2) as batches:
+        ...     images = next(batches)['images']  # [n, 8, 32, 32, 3]: one row per device
         >>> images.shape[1:], images.sharding.device_set == set(jax.local_devices())
         ((8, 32, 32, 3), True)
-        >>> batches.close()
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}.")

@@ -351,6 +351,39 @@ def test_real_imagenet2012_pipelines(tiny_imagenet, imagenet_validation_labels):
     assert_batches_equal(resumed, full[4:])
 
 
+def test_shuffle_buffer_holds_ten_host_batches_of_output_examples(tiny_imagenet):
+    # The original's `shuffle(10 * per-host batch)`: counted in output examples, also when
+    # mixing reads two records per example. One device x 1 example -> 10 records.
+    kwargs = dict(
+        data_dir=tiny_imagenet,
+        local_device_count=1,
+        per_device_batch=1,
+        image_size=16,
+        augment_name="mixup",
+        with_index=True,
+    )
+    first_records = []
+    for seed in range(20):
+        it = data.train_iterator("imagenet2012", seed=seed, **kwargs)
+        assert it.shuffle_buffer == 10
+        first_records.append(int(next(it)["index"][0, 0]))
+        it.close()
+    # A buffer of 10 over the 12 records in stored order can only start with one of the
+    # first 10 (with 20, as before, records 10 and 11 would come first 1 time in 6).
+    assert max(first_records) < 10 and len(set(first_records)) > 3
+    assert (
+        data.train_iterator(
+            "digits",
+            local_device_count=1,
+            per_device_batch=1,
+            image_size=8,
+            train_preproc="resize",
+            seed=0,
+        ).shuffle_buffer
+        is None
+    )
+
+
 def test_mocked_imagenet2012_pipelines(mock_imagenet_dir):
     import tensorflow_datasets as tfds
 

@@ -113,3 +113,40 @@ def test_prefetching_a_train_iterator(num_devices):
     assert batch["images"].shape == (num_devices, 2, 8, 8, 3)
     np.testing.assert_array_equal(batch["images"], reference["images"])
     np.testing.assert_array_equal(batch["labels"], reference["labels"])
+
+
+def test_close_joins_the_thread_and_closes_the_source():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield {"x": np.zeros(4, np.float32)}
+        finally:
+            closed.set()
+
+    with data.prefetch_to_device(endless(), size=2) as it:
+        next(it)
+        thread = it._thread
+    # Leaving the block joined the thread (no waiting afterwards) and closed the source.
+    assert not thread.is_alive()
+    assert closed.is_set()
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_closing_a_pipeline_iterator_through_the_prefetcher(num_devices):
+    source = data.train_iterator(
+        "digits",
+        local_device_count=num_devices,
+        per_device_batch=2,
+        image_size=8,
+        train_preproc="resize",
+        seed=0,
+    )
+    with data.prefetch_to_device(source, size=2) as it:
+        next(it)
+    assert not it._thread.is_alive()
+    assert source._iterator is None  # the tf.data iterator was released
+    with pytest.raises(StopIteration):
+        next(source)
