@@ -26,12 +26,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+from nfnets_jax import cli
 
 
 def config_for_checkpoint(checkpoint: str):
@@ -97,39 +92,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="EMA parameters of a run directory (default) or raw ones (--no-ema)",
     )
     parser.add_argument("--output", default=None, help="also write the results to this JSON")
+    parser.add_argument("--verbose", action="store_true", help="show library start-up output")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv if argv is None else argv
+def _evaluate(argv: list[str]) -> int:
     from nfnets_jax.training import config as config_lib
 
-    try:
-        spec, overrides, rest = config_lib.split_config_args(argv)
-    except config_lib.ConfigError as error:
-        return _fail(str(error))
+    spec, overrides, rest = config_lib.split_config_args(argv)
     args = parse_args(rest[1:])
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
     from experiments import configs
-    from nfnets_jax import checkpoint_sources
     from nfnets_jax.training import evaluation, writers
 
     writers.quiet_library_logs()
-    try:
-        if spec:
-            config, origin = configs.load_config(spec), f"--config={spec}"
-        else:
-            config, origin = config_for_checkpoint(args.checkpoint)
-        config_lib.apply_overrides(config, overrides)
-        results = evaluation.evaluate_checkpoint(config, args.checkpoint, use_ema=args.ema)
-    except config_lib.ConfigError as error:
-        return _fail(str(error))
-    except checkpoint_sources.CheckpointNotFoundError as error:
-        return _fail(str(error))
-    except checkpoint_sources.UNUSABLE_CHECKPOINT_ERRORS as error:
-        return _fail(f"cannot evaluate {args.checkpoint}: {error}", code=1)
+    if spec:
+        config, origin = configs.load_config(spec), f"--config={spec}"
+    else:
+        config, origin = config_for_checkpoint(args.checkpoint)
+    config_lib.apply_overrides(config, overrides)
+    results = evaluation.evaluate_checkpoint(config, args.checkpoint, use_ema=args.ema)
     results["config"] = origin
     print(f"Checkpoint: {results['checkpoint']}")
     print(f"Config:     {origin}")
@@ -147,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(results, f, indent=2)
             f.write("\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    cli.quiet_console(cli.wants_verbose(argv))
+    return cli.run_main(lambda: _evaluate(argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from nfnets_jax import cli
+from nfnets_jax.errors import ConfigError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,11 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="export the EMA parameters (default, when the run kept them) or the raw ones",
     )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--verbose", action="store_true", help="show library start-up output")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _export(args: argparse.Namespace) -> int:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
@@ -51,18 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
-        print(f"error: the directory of --out ({out_dir}) does not exist.", file=sys.stderr)
-        return 2
-    try:
-        loaded, sidecar = checkpoint_sources.export_run(
-            args.workdir, args.out, format=args.format, use_ema=args.ema, step=args.step
-        )
-    except checkpoint_sources.CheckpointNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"the directory of --out ({out_dir}) does not exist.")
+    loaded, sidecar = checkpoint_sources.export_run(
+        args.workdir, args.out, format=args.format, use_ema=args.ema, step=args.step
+    )
     count = sum(int(v.size) for sub in loaded.params.values() for v in sub.values())
     layout = "pickle, DeepMind's layout" if args.format == "pickle" else "npz"
     print(f"Wrote {count:,} parameters ({loaded.description}) to {args.out} ({layout}).")
@@ -71,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("The run has no config.json: no spec written (pass the architecture to load()).")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cli.quiet_console(args.verbose, tensorflow=False)
+    return cli.run_main(lambda: _export(args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from nfnets_jax import cli
+from nfnets_jax.errors import ImageNotFoundError
 
 
 def format_predictions(label: str, predictions) -> str:
@@ -54,36 +55,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="EMA parameters of a run directory (default) or raw ones (--no-ema)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--verbose", action="store_true", help="show library start-up output")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top_k must be >= 1.")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _predict(args: argparse.Namespace) -> int:
     missing = [image for image in args.images if not os.path.isfile(image)]
     if missing:
-        print(f"error: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise ImageNotFoundError(
+            f"image file(s) not found: {', '.join(missing)} (pass JPEG, PNG, GIF or BMP files)."
+        )
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
-    from nfnets_jax import checkpoint_sources, pretrained
+    from nfnets_jax import pretrained
 
-    try:
-        model = pretrained.load(args.checkpoint, use_ema=args.ema, image_size=args.image_size)
-    except checkpoint_sources.CheckpointNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except checkpoint_sources.UNUSABLE_CHECKPOINT_ERRORS as error:
-        print(f"error: cannot use {args.checkpoint}: {error}", file=sys.stderr)
-        return 1
-    try:
-        results = model.top_k(args.images, k=args.top_k)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    model = pretrained.load(args.checkpoint, use_ema=args.ema, image_size=args.image_size)
+    results = model.top_k(args.images, k=args.top_k)
     if args.json:
         payload = {
             "model": model.description,
@@ -99,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_predictions(image, predictions))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cli.quiet_console(args.verbose)
+    return cli.run_main(lambda: _predict(args))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ and residual-branch variance per block, one line per model) and
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
-from experiments import configs
-from nfnets_jax.training.config import ConfigError
+from nfnets_jax import cli
+from nfnets_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet50_bn", "nf_resnet50"], "Presets or config files to plot.")
@@ -29,6 +28,7 @@ flags.DEFINE_string("out", None, "Output directory for the PNG and JSON.")
 flags.DEFINE_integer("batch_size", 16, "Number of unit-Gaussian input images.")
 flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
 flags.DEFINE_integer("seed", 0, "Seed of the parameters and the inputs.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and XLA's start-up messages.")
 flags.DEFINE_bool(
     "active_branches",
     True,
@@ -47,10 +47,14 @@ def run(
     active_branches: bool = True,
 ) -> str:
     """Computes and plots the SPPs of `specs`; returns the PNG path."""
+    from experiments import configs
     from nfnets_jax import signal_prop_plots
 
     if not specs:
         raise ConfigError("--models is empty: name at least one preset or config file.")
+    for name, value in (("batch_size", batch_size), ("image_size", image_size)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}.")
     profiles = []
     for spec in specs:
         label, _, source = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -76,21 +80,24 @@ def run(
     return png
 
 
-def main(argv):
-    del argv
+def _main(argv) -> None:
+    if len(argv) > 1:
+        raise ConfigError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.out:
-        sys.exit("--out=DIR is required.")
-    try:
-        run(
-            FLAGS.models,
-            FLAGS.out,
-            batch_size=FLAGS.batch_size,
-            image_size=FLAGS.image_size,
-            seed=FLAGS.seed,
-            active_branches=FLAGS.active_branches,
-        )
-    except ConfigError as error:
-        sys.exit(f"Error: {error}")
+        raise ConfigError("--out=DIR is required (the PNG and JSON are written there).")
+    run(
+        FLAGS.models,
+        FLAGS.out,
+        batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size,
+        seed=FLAGS.seed,
+        active_branches=FLAGS.active_branches,
+    )
+
+
+def main(argv) -> int:
+    cli.quiet_console(FLAGS.verbose)
+    return cli.run_main(lambda: _main(argv))
 
 
 if __name__ == "__main__":

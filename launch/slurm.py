@@ -31,11 +31,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 
-from launch import split_train_args
+from launch import run_command, split_train_args
 
 LAYOUTS = ("task_per_gpu", "task_per_node")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with open(args.script, "w", encoding="utf-8") as f:
         f.write(script)
-    return subprocess.run(submit, check=False).returncode
+    return run_command(submit)
 
 
 if __name__ == "__main__":

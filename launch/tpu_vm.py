@@ -32,11 +32,10 @@ import argparse
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 
-from launch import split_train_args
+from launch import run_command, split_train_args
 
 ACTIONS = ("create", "install", "run", "logs", "stop", "delete")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,10 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shlex.join(command))
         if not args.dry_run:
             sys.stdout.flush()
-            done = subprocess.run(command, check=False)
-            if done.returncode:
-                print(f"error: the command above failed ({done.returncode}).", file=sys.stderr)
-                return done.returncode
+            status = run_command(command)
+            if status:
+                print(f"error: the command above failed ({status}).", file=sys.stderr)
+                return status
     return 0
 
 

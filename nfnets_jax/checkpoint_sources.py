@@ -27,9 +27,9 @@ import numpy as np
 from absl import logging
 
 from nfnets_jax import imagenet, weights
+from nfnets_jax.errors import NFNetsError
 from nfnets_jax.model_spec import (
     ModelSpec,
-    UnrecognizedCheckpointError,
     head_classes,
     read_sidecar,
     spec_from_config,
@@ -39,7 +39,6 @@ from nfnets_jax.model_spec import (
 __all__ = [
     "CheckpointNotFoundError",
     "LoadedCheckpoint",
-    "UNUSABLE_CHECKPOINT_ERRORS",
     "checkpoint_directory",
     "dataset_class_names",
     "export_run",
@@ -56,18 +55,10 @@ _HOW_TO_GET_WEIGHTS = (
 )
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(NFNetsError, FileNotFoundError):
     """No checkpoint at the given path; the message says where to get one."""
 
-
-#: What reading an existing checkpoint raises when it cannot be used: parameters that do
-#: not fit, an unsafe pickle, an unrecognised tree, or a file that is no checkpoint.
-UNUSABLE_CHECKPOINT_ERRORS: tuple[type[Exception], ...] = (
-    weights.CheckpointMismatchError,
-    weights.UnsafePickleError,
-    UnrecognizedCheckpointError,
-    ValueError,
-)
+    exit_code = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,30 +109,32 @@ def _read_config(run_dir: str) -> dict[str, Any] | None:
 
 
 def _restore_numpy(step_dir: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Reads the ``keys`` of a saved TrainState (as numpy), ignoring everything else."""
+    """Reads the ``keys`` of a saved TrainState (as numpy), ignoring everything else.
+
+    Through orbax's item handler, without a checkpointer: no barrier across processes,
+    so on a multi-host run a host that cannot read the file cannot leave the others
+    waiting for it (the run's start-up validation then stops every host together).
+    """
     import jax
     import orbax.checkpoint as ocp
+    from etils import epath
 
-    state_dir = os.path.join(step_dir, "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    # Orbax warns that the step-level metadata file is not in the item directory: expected
-    # when reading one item of a CheckpointManager step, so keep it out of the output.
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
+    state_dir = epath.Path(step_dir) / "state"
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-        metadata = checkpointer.metadata(state_dir).item_metadata
+        metadata = handler.metadata(state_dir)
+        tree = getattr(metadata, "tree", metadata)
+        wanted = {k: tree[k] for k in keys if k in tree and tree[k]}
+        if not wanted:
+            return {}
+        item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
+        restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        return handler.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+        )
     finally:
-        logging.set_verbosity(verbosity)
-    tree = getattr(metadata, "tree", metadata)
-    wanted = {k: tree[k] for k in keys if k in tree and tree[k]}
-    if not wanted:
-        return {}
-    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
-    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-    return checkpointer.restore(
-        state_dir,
-        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-    )
+        handler.close()
 
 
 def read_run(
@@ -160,7 +153,7 @@ def read_run(
 
     Raises:
         CheckpointNotFoundError: no checkpoint (or no such step) in ``path``.
-        ValueError: every checkpoint failed to read.
+        CheckpointFormatError: every checkpoint failed to read.
 
     Example:
         >>> run = read_run('/tmp/nfnet_demo')  # doctest: +SKIP
@@ -212,7 +205,9 @@ def read_run(
             step=candidate,
             ema=ema,
         )
-    raise ValueError(f"No checkpoint in {directory} could be read:\n  " + "\n  ".join(failures))
+    raise weights.CheckpointFormatError(
+        f"No checkpoint in {directory} could be read:\n  " + "\n  ".join(failures)
+    )
 
 
 def dataset_class_names(name: str, data_dir: str | None = None) -> tuple[str, ...] | None:
@@ -267,7 +262,8 @@ def load_checkpoint(source: str | os.PathLike, *, use_ema: bool = True) -> Loade
     Raises:
         CheckpointNotFoundError: nothing at ``source`` (the message says where to get
             DeepMind's weights).
-        ValueError, nfnets_jax.weights.UnsafePickleError: unreadable or unsafe files.
+        CheckpointFormatError, UnsafePickleError: unreadable or unsafe files (both
+            NFNetsErrors, like every error here).
 
     Example:
         >>> loaded = load_checkpoint('F0_haiku.npz')  # doctest: +SKIP

@@ -41,7 +41,9 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import imagenet, models
+from nfnets_jax.errors import NFNetsError
 from nfnets_jax.models import nfnet as nfnet_lib
+from nfnets_jax.weights import CheckpointFormatError
 
 __all__ = [
     "ModelSpec",
@@ -80,7 +82,7 @@ _STRUCTURAL_KWARGS = (
 )
 
 
-class UnrecognizedCheckpointError(ValueError):
+class UnrecognizedCheckpointError(NFNetsError, ValueError):
     """The parameter tree is not one this project can rebuild; the message says why."""
 
 
@@ -170,9 +172,11 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "model spec") -> ModelSpec:
-        """Inverse of :meth:`to_json`; raises ``ValueError`` naming ``source`` if malformed."""
+        """Inverse of :meth:`to_json`; a malformed spec raises ``CheckpointFormatError``."""
         if data.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{source}: not an nfnets_jax model spec (no format field).")
+            raise CheckpointFormatError(
+                f"{source}: not an nfnets_jax model spec (no format field)."
+            )
         try:
             names = data.get("class_names")
             return cls(
@@ -186,7 +190,7 @@ class ModelSpec:
                 dataset=data.get("dataset"),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: malformed model spec ({error}).") from None
+            raise CheckpointFormatError(f"{source}: malformed model spec ({error}).") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -223,7 +227,7 @@ def read_sidecar(checkpoint_path: str | os.PathLike) -> ModelSpec | None:
         try:
             data = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}).") from None
+            raise CheckpointFormatError(f"{path}: not valid JSON ({error}).") from None
     return ModelSpec.from_json(data, source=path)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from nfnets_jax import imagenet, weights
 from nfnets_jax.checkpoint_sources import LoadedCheckpoint, load_checkpoint
+from nfnets_jax.errors import ImageError, ImageNotFoundError
 from nfnets_jax.model_spec import (
     CROP_RESIZE,
     DEFAULT_NFNET_TEST_SIZE,
@@ -103,7 +104,7 @@ def _to_pixels(image: Any, index: int):
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Image {path!r} does not exist.")
+            raise ImageNotFoundError(f"Image {path!r} does not exist.")
         with open(path, "rb") as f:
             return tf.constant(f.read())
     if isinstance(image, bytes):
@@ -113,17 +114,17 @@ def _to_pixels(image: Any, index: int):
     array = np.asarray(image)
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(
+            raise ImageError(
                 f"Image {_label(image, index)} is a {array.dtype} array; pass uint8 pixels "
                 "(0-255), e.g. (x * 255).round().astype(np.uint8) for images in [0, 1]."
             )
         if array.size and (array.min() < 0 or array.max() > _MAX_PIXEL):
-            raise ValueError(f"Image {_label(image, index)} has values outside 0-255.")
+            raise ImageError(f"Image {_label(image, index)} has values outside 0-255.")
         array = array.astype(np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(
+        raise ImageError(
             f"Image {_label(image, index)} has shape {array.shape}; expected [H, W], "
             "[H, W, 1], [H, W, 3] or [H, W, 4] (RGBA: alpha is dropped)."
         )
@@ -203,7 +204,7 @@ class PretrainedModel:
             try:
                 processed = eval_preprocess(pixels, self.spec.image_size, self.spec.eval_preproc)
             except Exception as error:  # noqa: BLE001 - TF raises several decode errors.
-                raise ValueError(
+                raise ImageError(
                     f"Cannot decode image {_label(image, index)} ({type(error).__name__}: "
                     f"{str(error).splitlines()[0][:200]}). Pass JPEG/PNG/GIF/BMP bytes or "
                     "paths, or uint8 arrays."

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from nfnets_jax.errors import NFNetsError
+
 FORMATS = ("pickle", "npz")
 
 # Where numpy keeps its pickle helpers: `numpy._core` since 2.0, `numpy.core` before.
@@ -46,11 +48,15 @@ except ImportError:  # numpy < 2
     from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(NFNetsError, pickle.UnpicklingError):
     """The file asked to import something a parameter checkpoint never needs."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointFormatError(NFNetsError, ValueError):
+    """A file that is not a readable parameter checkpoint (wrong format, truncated, no tree)."""
+
+
+class CheckpointMismatchError(NFNetsError, ValueError):
     """Loaded parameters do not fit the model: lists every missing/extra/mis-shaped leaf."""
 
 
@@ -140,7 +146,7 @@ def _to_leaf(value: Any, where: str) -> np.ndarray:
             array = array.copy()
         if array.dtype.kind in "fiu":
             return array
-    raise ValueError(
+    raise CheckpointFormatError(
         f"{where}: expected a numeric array, got {type(value).__name__}"
         f"{' of dtype ' + str(value.dtype) if hasattr(value, 'dtype') else ''}."
     )
@@ -149,14 +155,14 @@ def _to_leaf(value: Any, where: str) -> np.ndarray:
 def _normalize_tree(tree: Any, source: str) -> dict[str, dict[str, np.ndarray]]:
     """Checks the two-level layout and returns plain dicts of numpy arrays."""
     if not isinstance(tree, Mapping):
-        raise ValueError(
+        raise CheckpointFormatError(
             f"{source}: expected a mapping {{module_path: {{param: array}}}}, got "
             f"{type(tree).__name__}."
         )
     out: dict[str, dict[str, np.ndarray]] = {}
     for module, params in tree.items():
         if not isinstance(module, str) or not isinstance(params, Mapping):
-            raise ValueError(
+            raise CheckpointFormatError(
                 f"{source}: entry {module!r} is not 'module_path -> {{param: array}}' "
                 f"(got {type(params).__name__})."
             )
@@ -173,7 +179,7 @@ def _split_flat_key(key: str) -> tuple[str, str]:
         parts = key.split(".")
         module, name = "/~/".join(parts[:-1]), parts[-1]
     if not module or not name:
-        raise ValueError(f"npz key {key!r} is not 'module_path/param_name'.")
+        raise CheckpointFormatError(f"npz key {key!r} is not 'module_path/param_name'.")
     return module, name
 
 
@@ -217,7 +223,8 @@ def load_params(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
 
     Raises:
         UnsafePickleError: the pickle references anything but containers and arrays.
-        ValueError: the content is not a two-level mapping of numeric arrays.
+        CheckpointFormatError: the content is not a two-level mapping of numeric
+            arrays (not a checkpoint, truncated, unreadable archive).
         FileNotFoundError: ``path`` does not exist.
 
     Example:
@@ -231,12 +238,12 @@ def load_params(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
             with np.load(path, allow_pickle=False) as archive:
                 flat = {key: archive[key] for key in archive.files}
         except ValueError as e:  # e.g. object arrays, which would need pickle
-            raise ValueError(f"{path}: could not read the .npz archive ({e}).") from e
+            raise CheckpointFormatError(f"{path}: could not read the .npz archive ({e}).") from e
         return _normalize_tree(unflatten_params(flat), path)
     with open(path, "rb") as f:
         head = f.read(8)
         if not head.startswith(b"\x80"):
-            raise ValueError(
+            raise CheckpointFormatError(
                 f"{path}: neither a zip (.npz) archive nor a binary pickle (first bytes "
                 f"{head!r}). Is it a partial download?"
             )
@@ -247,7 +254,9 @@ def load_params(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
         except UnsafePickleError:
             raise
         except Exception as e:  # Malformed or truncated streams raise many error types.
-            raise ValueError(f"{path}: could not read the pickle ({e!r}). Is it truncated?") from e
+            raise CheckpointFormatError(
+                f"{path}: could not read the pickle ({e!r}). Is it truncated?"
+            ) from e
     return _normalize_tree(tree, path)
 
 
@@ -345,6 +354,85 @@ def _default_head_init(rng: jax.Array, path: str, shape: tuple, dtype: Any) -> n
     return np.asarray(0.01 * jax.random.normal(rng, shape), dtype)
 
 
+def _fit(
+    flat_loaded: Mapping[str, Any], flat_expected: Mapping[str, Any], replace_head: bool
+) -> tuple[list[str], list[str]]:
+    """``(paths loaded as they are, head paths to re-initialise)``, or the mismatch error."""
+    missing, misshaped, kept, replaced = [], [], [], []
+    for path in sorted(flat_expected):
+        shape = tuple(flat_expected[path].shape)
+        if path in flat_loaded:
+            value = flat_loaded[path]
+            if tuple(np.shape(value)) == shape:
+                if not np.issubdtype(np.asarray(value).dtype, np.number):
+                    misshaped.append(f"{path}: dtype {np.asarray(value).dtype} is not numeric")
+                else:
+                    kept.append(path)
+                continue
+            if replace_head and _is_head(path) and _only_classes_differ(np.shape(value), shape):
+                replaced.append(path)
+                continue
+            misshaped.append(f"{path}: checkpoint {tuple(np.shape(value))} vs model {shape}")
+        elif replace_head and _is_head(path):
+            replaced.append(path)
+        else:
+            missing.append(f"{path} {shape}")
+    unexpected = [
+        f"{path} {tuple(np.shape(flat_loaded[path]))}"
+        for path in sorted(flat_loaded)
+        if path not in flat_expected
+    ]
+    if missing or unexpected or misshaped:
+        lines = [f"Checkpoint does not match the model ({len(flat_expected)} parameters):"]
+        for title, items in (
+            ("missing from the checkpoint", missing),
+            ("unexpected in the checkpoint", unexpected),
+            ("mis-shaped", misshaped),
+        ):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items)
+        head_differs = any(_is_head(item.split(" ")[0].rstrip(":")) for item in misshaped + missing)
+        if head_differs and not replace_head:
+            lines.append(
+                "The classifier head differs (another num_classes?): pass replace_head=True "
+                "to re-initialise it for fine-tuning."
+            )
+        else:
+            lines.append(
+                "Check that the model variant and options (width, depth, se_ratio...) match "
+                "the checkpoint."
+            )
+        raise CheckpointMismatchError("\n".join(lines))
+    return kept, replaced
+
+
+def check_fit(
+    loaded: Mapping[str, Mapping[str, Any]],
+    expected: Mapping[str, Mapping[str, Any]],
+    *,
+    replace_head: bool = False,
+) -> list[str]:
+    """Checks that loaded parameters fit the model's tree, without copying anything.
+
+    The same check as :func:`validate_and_merge`, for start-up validation: `expected`
+    may be abstract (``jax.eval_shape``) and nothing is allocated.
+
+    Returns:
+        The ``'module/param'`` paths of a classifier that ``replace_head=True`` would
+        re-initialise (empty when the checkpoint's head fits).
+
+    Raises:
+        CheckpointMismatchError: the trees differ (the message lists every difference).
+
+    Example:
+        >>> expected = {'M/~/linear': {'w': np.zeros((4, 10)), 'b': np.zeros(10)}}
+        >>> check_fit({'M/~/linear': {'w': np.ones((4, 10)), 'b': np.ones(10)}}, expected)
+        []
+    """
+    return _fit(flatten_params(loaded), flatten_params(expected), replace_head)[1]
+
+
 def validate_and_merge(
     loaded: Mapping[str, Mapping[str, Any]],
     expected: Mapping[str, Mapping[str, Any]],
@@ -384,55 +472,10 @@ def validate_and_merge(
     """
     flat_loaded = flatten_params(loaded)
     flat_expected = flatten_params(expected)
-    missing, unexpected, misshaped, replaced = [], [], [], []
-    merged: dict[str, np.ndarray] = {}
-    for path in sorted(flat_expected):
-        spec = flat_expected[path]
-        shape, dtype = tuple(spec.shape), spec.dtype
-        if path in flat_loaded:
-            value = np.asarray(flat_loaded[path])
-            if tuple(value.shape) == shape:
-                if not np.issubdtype(value.dtype, np.number):
-                    misshaped.append(f"{path}: dtype {value.dtype} is not numeric")
-                else:
-                    merged[path] = value.astype(dtype)
-                continue
-            if replace_head and _is_head(path) and _only_classes_differ(value.shape, shape):
-                replaced.append(path)
-                continue
-            misshaped.append(f"{path}: checkpoint {tuple(value.shape)} vs model {shape}")
-        elif replace_head and _is_head(path):
-            replaced.append(path)
-        else:
-            missing.append(f"{path} {shape}")
-    unexpected = [
-        f"{path} {tuple(np.shape(flat_loaded[path]))}"
-        for path in sorted(flat_loaded)
-        if path not in flat_expected
-    ]
-    if missing or unexpected or misshaped:
-        lines = [f"Checkpoint does not match the model ({len(flat_expected)} parameters):"]
-        for title, items in (
-            ("missing from the checkpoint", missing),
-            ("unexpected in the checkpoint", unexpected),
-            ("mis-shaped", misshaped),
-        ):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items)
-        head_differs = any(_is_head(item.split(" ")[0].rstrip(":")) for item in misshaped + missing)
-        if head_differs and not replace_head:
-            lines.append(
-                "The classifier head differs (another num_classes?): pass replace_head=True "
-                "to re-initialise it for fine-tuning."
-            )
-        else:
-            lines.append(
-                "Check that the model variant and options (width, depth, se_ratio...) match "
-                "the checkpoint."
-            )
-        raise CheckpointMismatchError("\n".join(lines))
-
+    kept, replaced = _fit(flat_loaded, flat_expected, replace_head)
+    merged = {
+        path: np.asarray(flat_loaded[path]).astype(flat_expected[path].dtype) for path in kept
+    }
     if replaced:
         concrete = all(not isinstance(flat_expected[p], jax.ShapeDtypeStruct) for p in replaced)
         if not concrete and rng is None:

@@ -10,9 +10,11 @@ Typical use from a training loop:
         process_count=jax.process_count()))
 """
 
-import contextlib as _contextlib
+# ruff: noqa: E402 - TensorFlow is loaded (quietly, off the GPUs) before the modules that
+# use it are imported.
+from nfnets_jax.data.tf_setup import import_tensorflow as _import_tensorflow
 
-import tensorflow as _tf
+_import_tensorflow()
 
 from nfnets_jax.data.augment import AugmentConfig, parse_augment_name
 from nfnets_jax.data.pipeline import (
@@ -31,11 +33,6 @@ from nfnets_jax.data.preprocess import (
     train_preprocess,
 )
 from nfnets_jax.data.sources import DatasetError, DatasetInfo, dataset_info
-
-# TensorFlow only feeds the input pipeline: keep it off accelerators that JAX uses. A
-# RuntimeError means TF already initialised its devices: leave them as they are.
-with _contextlib.suppress(RuntimeError):
-    _tf.config.set_visible_devices([], "GPU")
 
 __all__ = [
     "MEAN_RGB",

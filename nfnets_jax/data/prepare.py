@@ -23,7 +23,8 @@ import sys
 import tarfile
 from collections.abc import Mapping, Sequence
 
-from nfnets_jax.data.sources import DatasetInfo, _resolved_data_dir, dataset_info
+from nfnets_jax import cli
+from nfnets_jax.data.sources import DatasetError, DatasetInfo, _resolved_data_dir, dataset_info
 
 __all__ = ["prepare_dataset", "write_imagenet_tars"]
 
@@ -49,6 +50,7 @@ def prepare_dataset(
     Raises:
         FileNotFoundError: ImageNet tars missing from `manual_dir` (checked before any
             work).
+        DatasetError: `name` is not a tfds dataset.
 
     Example:
         ImageNet from the two official tars (they need an image-net.org account):
@@ -83,7 +85,13 @@ def prepare_dataset(
                 "Download them from https://image-net.org/download-images (registration "
                 "needed) and put them there, or pass --manual_dir."
             )
-    builder = tfds.builder(name, data_dir=data_dir, file_format="tfrecord")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, file_format="tfrecord")
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DatasetError(
+            f"Unknown tfds dataset {name!r}: check the name in the tfds catalog "
+            "(https://www.tensorflow.org/datasets/catalog), e.g. imagenet2012 or cifar10."
+        ) from None
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
     )
@@ -143,14 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="tfds dataset name, e.g. imagenet2012")
     parser.add_argument("--data_dir", default=None, help="tfds data directory to write")
     parser.add_argument("--manual_dir", default=None, help="directory of manual downloads")
+    parser.add_argument("--verbose", action="store_true", help="show library start-up output")
     args = parser.parse_args(argv)
-    try:
-        info = prepare_dataset(args.name, args.data_dir, args.manual_dir)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"Built {info.name} in {info.data_dir}: {dict(info.splits)}, {info.num_classes} classes.")
-    return 0
+    cli.quiet_console(args.verbose)
+
+    def prepare() -> int:
+        try:
+            info = prepare_dataset(args.name, args.data_dir, args.manual_dir)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(
+            f"Built {info.name} in {info.data_dir}: {dict(info.splits)}, "
+            f"{info.num_classes} classes."
+        )
+        return 0
+
+    return cli.run_main(prepare)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from nfnets_jax.errors import NFNetsError
+
 __all__ = [
     "DIGITS",
     "DatasetError",
@@ -63,8 +65,10 @@ ImageNet (ILSVRC 2012) needs a manual download:
            --manual_dir={data_dir}/downloads/manual"""
 
 
-class DatasetError(ValueError):
+class DatasetError(NFNetsError, ValueError):
     """A dataset name, split or directory that cannot be used; the message says what to do."""
+
+    exit_code = 2
 
 
 @dataclasses.dataclass(frozen=True)
