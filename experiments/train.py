@@ -18,11 +18,12 @@ TPU pod or a SLURM cluster, start the same command on every host (see launch/).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from absl import app, flags, logging
 
-from nfnets_jax.training import config as config_lib
+from nfnets_jax import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.DEFINE_enum(
@@ -31,59 +32,60 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-host).")
 flags.DEFINE_integer("process_id", None, "Rank of this process (manual multi-host).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and XLA's start-up messages.")
 FLAGS = flags.FLAGS
 
 _CONFIG: list = []  # filled before absl parses the remaining flags
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+def _train(argv: list[str]) -> None:
+    from nfnets_jax.training import config as config_lib
 
-
-def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise config_lib.ConfigError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
-        _fail("--workdir is required (checkpoints, logs and metrics go there).")
+        raise config_lib.ConfigError(
+            "--workdir is required (checkpoints, logs and metrics go there)."
+        )
     # Imported after flag parsing: JAX and TensorFlow are slow to import.
     import jax
 
     from nfnets_jax.training import distributed, loop
-    from nfnets_jax.training.checkpoint import CheckpointError
 
-    try:
-        distributed.initialize(
-            FLAGS.distributed,
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    except ValueError as error:
-        _fail(str(error))
+    distributed.initialize(
+        FLAGS.distributed,
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+    )
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
-    try:
-        result = loop.train_and_evaluate(_CONFIG[0], FLAGS.workdir)
-    except config_lib.ConfigError as error:
-        _fail(str(error))
-    except (loop.NonFiniteLossError, CheckpointError) as error:
-        _fail(str(error), code=1)
-    if "eval" in result:
-        logging.info("Final evaluation: %s", result["eval"])
+    loop.train_and_evaluate(_CONFIG[0], FLAGS.workdir)
+
+
+def main(argv: list[str]) -> int:
+    return cli.run_main(functools.partial(_train, argv))
 
 
 def run(argv: list[str]) -> None:
     """Parses `--config` and its overrides, then hands the other flags to absl."""
-    from experiments import configs
+    cli.quiet_console(cli.wants_verbose(argv))
+    rest: list[str] = []
 
-    try:
-        spec, overrides, rest = config_lib.split_config_args(argv)
+    def load() -> None:
+        # Imported after quiet_console: they load TensorFlow.
+        from experiments import configs
+        from nfnets_jax.training import config as config_lib
+
+        spec, overrides, remaining = config_lib.split_config_args(argv)
         config = configs.load_config(spec)
         config_lib.apply_overrides(config, overrides)
-    except config_lib.ConfigError as error:
-        _fail(str(error))
-    _CONFIG.append(config)
+        _CONFIG.append(config)
+        rest.extend(remaining)
+
+    status = cli.run_main(load)
+    if status:
+        sys.exit(status)
     app.run(main, argv=rest)
 
 

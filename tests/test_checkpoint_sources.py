@@ -10,7 +10,7 @@ import pytest
 
 from experiments import export
 from nfnets_jax import checkpoint_sources, pretrained, weights
-from nfnets_jax.training import checkpoint, loop, parallel
+from nfnets_jax.training import checkpoint, parallel, startup
 from tests.training.tiny import tiny_config
 
 EMA_OFFSET = 1.0  # the fixture's EMA parameters are the raw ones plus this
@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = tiny_config()
     mapper = parallel.DeviceMapper("pmap")
-    setup = loop.build_setup(config, loop.plan_run(config, mapper), mapper)
+    setup = startup.build_setup(config, startup.plan_run(config, mapper), mapper)
     state = jax.jit(setup.init, out_shardings=mapper.replicated)(
         jax.random.PRNGKey(0), jnp.zeros(setup.image_shape)
     )

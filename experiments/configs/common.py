@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
             eval_preproc="crop_resize",
             augment_name="",
             augment_before_mix=False,
-            seed=-1,  # -1: fast non-deterministic input; >= 0: reproducible stream.
+            seed=-1,  # -1: drawn once at the first start, recorded, reused on resume.
         )
     )
     config.train_batch_size = 4096

@@ -6,12 +6,12 @@ from nfnets_jax.training.evaluation import evaluate_checkpoint, evaluate_params
 from nfnets_jax.training.finetune import InitFromError, init_state_from_checkpoint
 from nfnets_jax.training.loop import (
     NonFiniteLossError,
-    build_model,
     restore_params,
     restore_state,
     train_and_evaluate,
 )
 from nfnets_jax.training.parallel import DeviceMapper
+from nfnets_jax.training.startup import Startup, build_model, prepare_run
 from nfnets_jax.training.state import TrainState, create_train_state
 from nfnets_jax.training.step import make_eval_step, make_train_step
 
@@ -22,6 +22,7 @@ __all__ = [
     "DeviceMapper",
     "InitFromError",
     "NonFiniteLossError",
+    "Startup",
     "TrainState",
     "apply_overrides",
     "build_model",
@@ -31,6 +32,7 @@ __all__ = [
     "init_state_from_checkpoint",
     "make_eval_step",
     "make_train_step",
+    "prepare_run",
     "restore_params",
     "restore_state",
     "train_and_evaluate",

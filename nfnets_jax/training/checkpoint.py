@@ -5,7 +5,9 @@ small JSON record (step, global batch, data seed, config) so a resumed run conti
 same data stream at the same position. Orbax writes each step to a temporary directory
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint as
 the latest; a checkpoint that is damaged afterwards is skipped with a warning in favour
-of the one before it.
+of the one before it. On a multi-host run that choice is made together: a step is used
+only if every process read it, so all processes resume from the same step (or all stop
+with one message).
 """
 
 from __future__ import annotations
@@ -15,12 +17,33 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from nfnets_jax.errors import NFNetsError
+from nfnets_jax.training import distributed
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NFNetsError, RuntimeError):
     """No usable checkpoint could be restored."""
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The finished checkpoint steps in `directory` (orbax names them by their step).
+
+    Orbax writes a step under a temporary name and renames it to the bare step number
+    once complete, so only those count. A missing directory has none.
+
+    Example:
+        >>> saved_steps('/nonexistent/checkpoints')
+        []
+    """
+    path = epath.Path(directory)
+    if not path.is_dir():
+        return []
+    return sorted(int(child.name) for child in path.iterdir() if child.name.isdigit())
 
 
 class Checkpointer:
@@ -64,39 +87,74 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Reads checkpoint `step` into arrays shaped/sharded like `abstract_state`."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], dict(restored["meta"])
+        """Reads checkpoint `step` into arrays shaped/sharded like `abstract_state`.
+
+        Each process reads on its own, with orbax's item handlers: unlike
+        `CheckpointManager.restore`, there is no barrier across processes at the end, so a
+        process whose read fails cannot leave the others waiting in one. Agreement on
+        what was read is `restore_latest`'s job.
+        """
+        step_dir = epath.Path(self.directory) / str(step)
+        if not step_dir.is_dir():
+            raise FileNotFoundError(f"No checkpoint at step {step} in {self.directory}.")
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            state = handler.restore(
+                step_dir / "state", args=ocp.args.StandardRestore(abstract_state)
+            )
+        finally:
+            handler.close()
+        return state, self.read_meta(step)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON record of checkpoint `step` (step, batch size, data seed, config)."""
+        handler = ocp.JsonCheckpointHandler()
+        try:
+            return dict(handler.restore(epath.Path(self.directory) / str(step) / "meta"))
+        finally:
+            handler.close()
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-        """Restores the newest readable checkpoint, or returns None if there is none.
+        """Restores the newest checkpoint every process can read, or returns None if none.
 
         A checkpoint that fails to load (truncated or deleted files, wrong shapes) is
-        skipped with a warning and the previous one is tried.
+        skipped with a warning and the previous one is tried. The candidates are process
+        0's steps, and a step is used only if every process read it (a collective:
+        every process calls this), so all processes restore the same step.
 
         Raises:
-          CheckpointError: checkpoints exist but none of them can be read.
+          CheckpointError: checkpoints exist but none of them can be read (by every
+            process).
         """
-        steps = self.all_steps()
+        local = self.all_steps()
+        count = int(distributed.broadcast_from_main(np.array(len(local), np.int64)))
+        if count == 0:
+            return None
+        mine = np.array(local if len(local) == count else [0] * count, np.int64)
+        steps = [int(s) for s in distributed.broadcast_from_main(mine)]
         failures = []
         for step in reversed(steps):
+            restored, message = None, None
             try:
-                return self.restore(step, abstract_state)
+                restored = self.restore(step, abstract_state)
             except Exception as error:  # noqa: BLE001 - any read failure means "unusable".
                 message = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-                failures.append(f"step {step}: {message}")
-                logging.warning(
-                    "Checkpoint at step %d in %s cannot be restored (%s); falling back to the "
-                    "previous checkpoint.",
-                    step,
-                    self.directory,
-                    message,
-                )
+            failed = distributed.failed_processes(message is None)
+            if not failed:
+                return restored
+            where = (
+                message
+                if message is not None
+                else f"unreadable on process(es) {', '.join(map(str, failed))} (see their logs)"
+            )
+            failures.append(f"step {step}: {where}")
+            logging.warning(
+                "Checkpoint at step %d in %s cannot be restored (%s); falling back to the "
+                "previous checkpoint.",
+                step,
+                self.directory,
+                where,
+            )
         if failures:
             raise CheckpointError(
                 f"None of the checkpoints in {self.directory} can be restored:\n  "

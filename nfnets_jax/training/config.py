@@ -15,13 +15,11 @@ from collections.abc import Iterable, Sequence
 
 import ml_collections
 
+from nfnets_jax.errors import ConfigError
+
 # Groups whose keys are open-ended (a model's constructor arguments): overrides may add
 # keys there, e.g. --config.model_kwargs.width_pattern='(32, 64, 128, 128)'.
 OPEN_GROUPS = ("model_kwargs",)
-
-
-class ConfigError(ValueError):
-    """A config is malformed or inconsistent; the message says what to change."""
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -166,13 +164,128 @@ def check_kwargs(callable_, kwargs: dict, what: str) -> list[str]:
 
 
 def _positive_int(config, key, problems, allow_zero=False):
-    value = config.get(key)
+    value = config.get(key) if "." not in key else config.dataset.get(key.split(".", 1)[1])
     ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         problems.append(f"{key} must be an integer {bound}, got {value!r}.")
         return None
     return value
+
+
+def _seed_problems(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    for key, value, lowest, note in (
+        ("seed", config.seed, 0, "it seeds the model initialisation"),
+        ("dataset.seed", config.dataset.seed, -1, "or -1 to draw one at the first start"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            problems.append(f"{key} must be an integer >= {lowest} ({note}), got {value!r}.")
+    return problems
+
+
+def _eval_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+    """What evaluation reads: batch size, resolution, preprocessing, classes, model."""
+    from nfnets_jax import models
+    from nfnets_jax.data import preprocess
+
+    problems = []
+    eval_batch = _positive_int(config, "eval_batch_size", problems)
+    if eval_batch and eval_batch % num_devices:
+        problems.append(
+            f"eval_batch_size={eval_batch} is not divisible by the {num_devices} devices: use "
+            f"a multiple of {num_devices}."
+        )
+    _positive_int(config, "dataset.eval_image_size", problems)
+    try:
+        preprocess.parse_eval_preproc(config.dataset.eval_preproc)
+    except (ValueError, TypeError) as error:
+        problems.append(f"dataset.eval_preproc: {error}")
+    classes = config.dataset.num_classes
+    if (
+        isinstance(classes, bool)
+        or not isinstance(classes, int)
+        or not (classes > 0 or classes == -1)
+    ):
+        problems.append(
+            f"dataset.num_classes must be > 0, or -1 for the dataset's own, got {classes!r}."
+        )
+    try:
+        model_cls = models.get_model(config.model)
+    except (KeyError, ValueError) as error:
+        problems.append(str(error).strip("'\""))
+    else:
+        problems.extend(
+            check_kwargs(model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}")
+        )
+    return problems
+
+
+def _train_data_problems(
+    config: ml_collections.ConfigDict, per_device_batch: int | None
+) -> list[str]:
+    """Training resolution, crop and augmentation names of `config.dataset` (no I/O)."""
+    from nfnets_jax.data import augment, preprocess
+
+    dataset = config.dataset
+    problems = []
+    _positive_int(config, "dataset.image_size", problems)
+    if dataset.train_preproc not in preprocess.TRAIN_PREPROCS:
+        problems.append(
+            f"dataset.train_preproc={dataset.train_preproc!r} is unknown: use one of "
+            f"{', '.join(preprocess.TRAIN_PREPROCS)}."
+        )
+    try:
+        parsed = augment.parse_augment_name(dataset.augment_name or None)
+    except (ValueError, TypeError) as error:
+        problems.append(f"dataset.augment_name: {error}")
+    else:
+        if parsed.mixup and parsed.cutmix and per_device_batch and per_device_batch % 2:
+            problems.append(
+                f"dataset.augment_name={dataset.augment_name!r} mixes the first half of each "
+                "per-device batch with MixUp and the second with CutMix: the per-device batch "
+                f"({per_device_batch}) must be even."
+            )
+    return problems
+
+
+def _dataset_info(config: ml_collections.ConfigDict, split_keys: tuple[str, ...]):
+    """The dataset's info, after checking its name, availability and the given splits."""
+    from nfnets_jax import data
+    from nfnets_jax.data import sources
+
+    try:
+        info = data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise ConfigError(
+            f"Invalid config: dataset.name={config.dataset.name!r}: {error}"
+        ) from None
+    problems = []
+    for key in split_keys:
+        split = config.dataset[key] or getattr(info, key)
+        try:
+            sources.parse_split(info, split)
+        except sources.DatasetError as error:
+            problems.append(f"dataset.{key}={split!r}: {error}")
+    _raise_if(problems)
+    return info
+
+
+def validate_eval_config(config: ml_collections.ConfigDict, *, num_devices: int):
+    """Checks the fields evaluation reads, then the dataset and its eval split.
+
+    Args:
+      config: an experiment config used to evaluate a checkpoint.
+      num_devices: global number of devices.
+
+    Returns:
+      The dataset's `DatasetInfo`.
+
+    Raises:
+      ConfigError: listing every problem found, each with what to change.
+    """
+    _raise_if(_eval_problems(config, num_devices))
+    return _dataset_info(config, ("eval_split",))
 
 
 def _refinement_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -230,44 +343,58 @@ def _refinement_problems(config: ml_collections.ConfigDict) -> list[str]:
     return problems
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
-    """Checks a training config before any data or device work.
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int):
+    """Checks a training config before any data, model or device work.
+
+    Every field is checked without reading images or building the model: sizes and
+    counts, batch divisibility, seeds, preprocessing and augmentation names, the model
+    name and its keyword arguments, the label-smoothing, mixup and distillation
+    settings; then the dataset's metadata (name, availability, both splits). The checks
+    that need the model or the run's length (model options, optimizer keys and masks,
+    the schedule, `init_from` and teacher checkpoints) follow in
+    `nfnets_jax.training.startup.prepare_run`, still before any image is read.
 
     Args:
       config: the experiment config (see `experiments/configs`).
       num_devices: global number of devices the run will use.
+
+    Returns:
+      The training dataset's `DatasetInfo`.
 
     Raises:
       ConfigError: listing every problem found, each with what to change.
     """
     # Imported here: the registries pull in Haiku/TF, and the override helpers above
     # must stay light for the entry point's argument parsing.
-    from nfnets_jax import data, models
     from nfnets_jax.training.parallel import PARALLELISMS
 
     problems: list[str] = []
     batch = _positive_int(config, "train_batch_size", problems)
-    eval_batch = _positive_int(config, "eval_batch_size", problems)
     accum = _positive_int(config, "grad_accum_steps", problems)
     for key in ("log_every_steps", "keep_checkpoints"):
         _positive_int(config, key, problems)
     for key in ("eval_every_steps", "checkpoint_every_steps"):
         _positive_int(config, key, problems, allow_zero=True)
+    seconds = config.checkpoint_every_secs
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        problems.append(f"checkpoint_every_secs must be a number >= 0 (0: off), got {seconds!r}.")
+    per_device = None
     if batch and batch % num_devices:
         problems.append(
             f"train_batch_size={batch} is not divisible by the {num_devices} devices: use a "
             f"multiple of {num_devices}."
         )
-    elif batch and accum and (batch // num_devices) % accum:
-        problems.append(
-            f"The per-device batch {batch // num_devices} is not divisible by "
-            f"grad_accum_steps={accum}."
-        )
-    if eval_batch and eval_batch % num_devices:
-        problems.append(
-            f"eval_batch_size={eval_batch} is not divisible by the {num_devices} devices: use "
-            f"a multiple of {num_devices}."
-        )
+    elif batch:
+        per_device = batch // num_devices
+        if accum and per_device % accum:
+            problems.append(
+                f"The per-device batch {per_device} is not divisible by grad_accum_steps={accum}."
+            )
     if config.num_epochs <= 0 and config.num_train_steps <= 0:
         problems.append("Set num_epochs > 0 or num_train_steps > 0.")
     if config.parallelism not in PARALLELISMS:
@@ -278,20 +405,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         problems.append(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
     if config.use_ema and not 0.0 < config.ema_decay < 1.0:
         problems.append(f"ema_decay must be in (0, 1), got {config.ema_decay}.")
+    problems.extend(_seed_problems(config))
+    problems.extend(_eval_problems(config, num_devices))
+    problems.extend(_train_data_problems(config, per_device))
     problems.extend(_refinement_problems(config))
-    try:
-        model_cls = models.get_model(config.model)
-    except (KeyError, ValueError) as error:
-        problems.append(str(error).strip("'\""))
-    else:
-        problems.extend(
-            check_kwargs(model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}")
-        )
-    if problems:  # Cheap checks first: do not touch the dataset if the config is broken.
-        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
-    try:
-        data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        raise ConfigError(
-            f"Invalid config: dataset.name={config.dataset.name!r}: {error}"
-        ) from None
+    _raise_if(problems)  # Cheap checks first: do not touch the dataset if the config is broken.
+    return _dataset_info(config, ("train_split", "eval_split"))

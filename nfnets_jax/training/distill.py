@@ -191,7 +191,7 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> Teacher
       ConfigError: missing checkpoint, unknown model, missing state, class mismatch.
       weights.CheckpointMismatchError: the file does not match the teacher model.
     """
-    from nfnets_jax.training import loop  # lazy: loop imports this module
+    from nfnets_jax.training import loop, startup  # lazy: startup imports this module
 
     distill = config.distill
     path = distill.teacher_checkpoint
@@ -219,7 +219,7 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> Teacher
         description = f"weights {path}"
     teacher_config.bfloat16 = bool(config.bfloat16)
     try:
-        model = loop.build_model(teacher_config, num_classes, training=True)
+        model = startup.build_model(teacher_config, num_classes, training=True)
     except (ValueError, TypeError) as error:
         raise ConfigError(
             f"Invalid distillation teacher {teacher_config.model!r}: {error}"

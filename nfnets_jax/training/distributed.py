@@ -1,11 +1,19 @@
-"""Multi-host start-up: `jax.distributed.initialize` when a run spans several hosts."""
+"""Multi-host runs: `jax.distributed.initialize`, and the decisions all processes share.
+
+Everything a process decides from its own view of the world (which checkpoint it could
+read, whether its start-up checks passed, a random seed) must be the same on every
+process, or one host trains on while another waits for it forever. `failed_processes`
+and `broadcast_from_main` are the two agreements the loop and the checkpointer use.
+"""
 
 from __future__ import annotations
 
 import os
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 # Environment variables that mean "this process is one of several": Cloud TPU pod
 # slices, SLURM jobs with several tasks, and explicit JAX settings.
@@ -40,13 +48,15 @@ def initialize(
       process_id: this process's rank.
 
     Raises:
-      ValueError: an unknown `mode`, or an incomplete manual setting.
+      ConfigError: an unknown `mode`, or an incomplete manual setting.
     """
+    from nfnets_jax.training.config import ConfigError
+
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"distributed mode {mode!r} is unknown: use auto, on or off.")
+        raise ConfigError(f"distributed mode {mode!r} is unknown: use auto, on or off.")
     manual = coordinator_address is not None
     if manual and (num_processes is None or process_id is None):
-        raise ValueError("--coordinator_address needs --num_processes and --process_id as well.")
+        raise ConfigError("--coordinator_address needs --num_processes and --process_id as well.")
     if mode == "off" or (mode == "auto" and not manual and not _multi_process_environment()):
         return
     # Cross-process collectives on the CPU backend need gloo (harmless on GPU/TPU, where
@@ -67,3 +77,32 @@ def initialize(
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def failed_processes(ok: bool) -> list[int]:
+    """Every process says whether its part succeeded; all get the list of those that failed.
+
+    A collective: every process must call it at the same point. With one process it is
+    `[]` or `[0]` without communication.
+
+    Example:
+        >>> failed_processes(True)
+        []
+    """
+    if jax.process_count() == 1:
+        return [] if ok else [0]
+    # int32, not bool: gloo's CPU all-gather mis-sizes 1-byte predicates.
+    flags = multihost_utils.process_allgather(np.array(int(ok), np.int32))
+    return [int(index) for index in np.flatnonzero(np.asarray(flags) == 0)]
+
+
+def broadcast_from_main(values: np.ndarray) -> np.ndarray:
+    """Process 0's `values` on every process (same shape and dtype on all of them).
+
+    Example:
+        >>> broadcast_from_main(np.array([3, 5])).tolist()
+        [3, 5]
+    """
+    if jax.process_count() == 1:
+        return np.asarray(values)
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values)))

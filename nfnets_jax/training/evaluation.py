@@ -16,36 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nfnets_jax import checkpoint_sources, data, model_spec, weights
+from nfnets_jax import checkpoint_sources, model_spec, weights
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import loop, parallel, step
+from nfnets_jax.training import loop, parallel, startup, step
 
 __all__ = ["evaluate_checkpoint", "evaluate_params"]
-
-
-def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """The subset of `validate_config` evaluation depends on (no training fields)."""
-    from nfnets_jax import models
-
-    problems = []
-    eval_batch = config.get("eval_batch_size")
-    if not isinstance(eval_batch, int) or eval_batch <= 0 or eval_batch % num_devices:
-        problems.append(
-            f"eval_batch_size={eval_batch!r} must be a positive multiple of the {num_devices} "
-            "devices (--config.eval_batch_size=...)."
-        )
-    try:
-        model_cls = models.get_model(config.model)
-    except ValueError as error:
-        problems.append(str(error))
-    else:
-        problems.extend(
-            config_lib.check_kwargs(
-                model_cls, config.model_kwargs.to_dict(), f"model {config.model!r}"
-            )
-        )
-    if problems:
-        raise config_lib.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def _classes_or_none(params) -> int | None:
@@ -77,7 +52,7 @@ def evaluate_params(
         ``images_per_sec``.
     """
     mapper = mapper or parallel.DeviceMapper(config.parallelism)
-    eval_model = loop.build_model(config, num_classes, training=False)
+    eval_model = startup.build_model(config, num_classes, training=False)
     eval_fn = mapper.map_eval_step(step.make_eval_step(eval_model.apply, num_classes=num_classes))
     device_params = mapper.to_device_state(mapper.replicate(params))
     device_state = mapper.to_device_state(mapper.replicate(model_state))
@@ -125,13 +100,9 @@ def evaluate_checkpoint(
         {'top_1_acc': ..., 'top_5_acc': ..., ...}
     """
     mapper = mapper or parallel.DeviceMapper(config.parallelism)
-    _check_config(config, mapper.num_devices)
-    try:
-        info = data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        raise config_lib.ConfigError(f"dataset.name={config.dataset.name!r}: {error}") from None
+    info = config_lib.validate_eval_config(config, num_devices=mapper.num_devices)
     num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
-    eval_model = loop.build_model(config, num_classes, training=False)
+    eval_model = startup.build_model(config, num_classes, training=False)
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     expected_params, expected_state = jax.eval_shape(
         lambda key, x: eval_model.init(key, x, is_training=False), jax.random.key(0), image
@@ -157,7 +128,7 @@ def evaluate_checkpoint(
     model_state = loaded.model_state
     if model_state is None:
         if jax.tree.leaves(expected_state):
-            raise ValueError(
+            raise weights.CheckpointMismatchError(
                 f"{config.model} keeps state (e.g. BatchNorm statistics) that a parameter "
                 "file does not hold: evaluate the training run directory instead."
             )

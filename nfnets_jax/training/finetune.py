@@ -20,6 +20,7 @@ import jax
 import optax
 
 from nfnets_jax import checkpoint_sources, weights
+from nfnets_jax.errors import NFNetsError
 from nfnets_jax.training import parallel, writers
 from nfnets_jax.training.checkpoint import CheckpointError
 from nfnets_jax.training.state import TrainState
@@ -33,7 +34,7 @@ class InitFromError(CheckpointError):
 
 def init_state_from_checkpoint(
     state: TrainState,
-    source: str,
+    source: str | checkpoint_sources.LoadedCheckpoint,
     *,
     optimizer: optax.GradientTransformation | None = None,
     mapper: parallel.DeviceMapper | None = None,
@@ -43,7 +44,9 @@ def init_state_from_checkpoint(
 
     Args:
         state: the freshly initialised state (step 0), canonical layout (replicated).
-        source: a parameter file or a run directory (``config.init_from``).
+        source: a parameter file or a run directory (``config.init_from``), or what
+            :func:`~nfnets_jax.checkpoint_sources.load_checkpoint` read from one (the
+            run's start-up validation reads it once and passes it here).
         optimizer: the run's optimizer, to initialise its state for the loaded
             parameters (without it the given, fresh optimizer state is kept).
         mapper: the run's device mapper (where the state lives); default: the state is
@@ -62,17 +65,20 @@ def init_state_from_checkpoint(
         >>> state = init_state_from_checkpoint(  # doctest: +SKIP
         ...     state, 'F0_haiku.npz', optimizer=tx, mapper=mapper)
     """
-    try:
-        loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
-    except (FileNotFoundError, ValueError) as error:
-        raise InitFromError(f"init_from={source!r}: {error}") from None
+    if isinstance(source, checkpoint_sources.LoadedCheckpoint):
+        loaded = source
+    else:
+        try:
+            loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
+        except (FileNotFoundError, NFNetsError) as error:
+            raise InitFromError(f"init_from={source!r}: {error}") from None
     fresh = parallel.host_copy(state.params)
     try:
         merged, replaced = weights.validate_and_merge(loaded.params, fresh, replace_head=True)
     except weights.CheckpointMismatchError as error:
         raise InitFromError(
-            f"init_from={source!r} ({loaded.description}) does not fit the model being "
-            f"trained.\n{error}"
+            f"init_from={loaded.source!r} ({loaded.description}) does not fit the model "
+            f"being trained.\n{error}"
         ) from None
     place = mapper.replicate if mapper is not None else jax.device_put
     params = place(merged)

@@ -64,7 +64,9 @@ class DeviceMapper:
 
     def __post_init__(self):
         if self.parallelism not in PARALLELISMS:
-            raise ValueError(
+            from nfnets_jax.training.config import ConfigError
+
+            raise ConfigError(
                 f"Unknown parallelism {self.parallelism!r}: use one of {', '.join(PARALLELISMS)}."
             )
         devices = tuple(self.devices) if self.devices is not None else tuple(jax.devices())

@@ -16,7 +16,7 @@ from experiments.configs.resnet import RESNET_NO_DECAY_PATTERNS
 from nfnets_jax import data, models
 from nfnets_jax.optim import ema as ema_lib
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import distill, loop, losses, parallel
+from nfnets_jax.training import distill, loop, losses, parallel, startup
 from tests.training.baseline_tiny import tiny_preset
 
 BASELINES = ["resnet50_bn", "resnet50_gn_pn", "resnet50_ln_pn"]
@@ -94,7 +94,7 @@ def test_bag_of_tricks_presets(
 
 def test_whole_steps_per_epoch(num_devices):
     config = tiny_preset("bot_refined", num_train_steps=-1, num_epochs=2.0)
-    plan = loop.plan_run(config, parallel.DeviceMapper())
+    plan = startup.plan_run(config, parallel.DeviceMapper())
     assert plan.steps_per_epoch == 1437 // 8  # digits has 1,437 training images
     assert plan.total_steps == 2 * (1437 // 8)
 
@@ -159,7 +159,7 @@ def manual_eval(config, params, model_state):
         )
     )
     assert len(batches) == 1
-    model = loop.build_model(config, 10, training=False)
+    model = startup.build_model(config, 10, training=False)
     outputs, _ = jax.jit(model.apply, static_argnums=4)(
         params, model_state, None, batches[0]["images"], False
     )

@@ -12,7 +12,7 @@ import pytest
 from experiments import evaluate
 from nfnets_jax import checkpoint_sources, weights
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import finetune, loop, parallel
+from nfnets_jax.training import finetune, loop, parallel, startup
 from tests.pretrained_helpers import HEAD, synthetic_params, write_released_layout
 from tests.training.tiny import tiny_config
 
@@ -22,7 +22,7 @@ def fresh():
     """The tiny run's freshly initialised state (10 digit classes), its setup and mapper."""
     config = tiny_config()
     mapper = parallel.DeviceMapper("pmap")
-    setup = loop.build_setup(config, loop.plan_run(config, mapper), mapper)
+    setup = startup.build_setup(config, startup.plan_run(config, mapper), mapper)
     state = jax.jit(setup.init, out_shardings=mapper.replicated)(
         jax.random.PRNGKey(config.seed), jnp.zeros(setup.image_shape)
     )

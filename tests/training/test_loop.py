@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 import jax
 import numpy as np
@@ -32,12 +33,26 @@ def _assert_states_equal(a, b, rtol=0.0):
         )
 
 
+def _threads_left_by(run):
+    """Calls `run()`; returns the threads it started that are still alive, and its result."""
+    before = set(threading.enumerate())
+    result = error = None
+    try:
+        result = run()
+    except BaseException as caught:  # noqa: BLE001 - KeyboardInterrupt included
+        error = caught
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    return left, result, error
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """An uninterrupted 6-step run: the reference for several tests."""
     workdir = str(tmp_path_factory.mktemp("full"))
     config = tiny_config()
-    result = loop.train_and_evaluate(config, workdir)
+    left, result, error = _threads_left_by(lambda: loop.train_and_evaluate(config, workdir))
+    assert error is None, error
+    assert left == [], f"threads still running after the run returned: {left}"
     return config, workdir, result
 
 
@@ -90,7 +105,10 @@ def test_run_writes_config_params_metrics_events_and_checkpoints(full_run):
 def test_stopped_and_resumed_run_matches_uninterrupted(full_run, tmp_path):
     config, reference_dir, _ = full_run
     workdir = str(tmp_path)
-    first = loop.train_and_evaluate(config, workdir, stop_at_step=4)
+    left, first, _ = _threads_left_by(
+        lambda: loop.train_and_evaluate(config, workdir, stop_at_step=4)
+    )
+    assert left == []
     assert first["step"] == 4 and "eval" not in first
     second = loop.train_and_evaluate(config, workdir)
     assert second["step"] == 6
@@ -150,9 +168,51 @@ def test_nan_in_a_batch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(loop.data, "train_iterator", poisoned_iterator)
     config = tiny_config(num_train_steps=8)
-    with pytest.raises(loop.NonFiniteLossError, match=r"stopped at step 4: the loss was") as info:
-        loop.train_and_evaluate(config, str(tmp_path))
-    assert "last good checkpoint (step 3) is intact" in str(info.value)
+    left, _, error = _threads_left_by(lambda: loop.train_and_evaluate(config, str(tmp_path)))
+    assert left == []
+    assert isinstance(error, loop.NonFiniteLossError)
+    assert "stopped at step 4: the loss was" in str(error)
+    assert "last good checkpoint (step 3) is intact" in str(error)
     steps = checkpoint_lib.Checkpointer(os.path.join(tmp_path, "checkpoints")).all_steps()
     assert steps == [3]
     assert int(loop.restore_state(str(tmp_path), config).step) == 3
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_interrupted_or_failing_run_stops_every_thread_and_keeps_its_checkpoint(
+    failure, tmp_path, monkeypatch, capsys
+):
+    real_iterator = loop.data.train_iterator
+
+    def failing_iterator(*args, **kwargs):
+        for index, batch in enumerate(real_iterator(*args, **kwargs)):
+            if index == 4:  # Ctrl-C, or a read error, while step 4 is being fetched
+                raise failure("input broke" if failure is OSError else None)
+            yield batch
+
+    monkeypatch.setattr(loop.data, "train_iterator", failing_iterator)
+    config = tiny_config(num_train_steps=8)
+    left, _, error = _threads_left_by(lambda: loop.train_and_evaluate(config, str(tmp_path)))
+    assert left == []
+    assert isinstance(error, failure)
+    steps = checkpoint_lib.Checkpointer(os.path.join(tmp_path, "checkpoints")).all_steps()
+    assert steps == [3]  # the periodic checkpoint, completely written
+    if failure is KeyboardInterrupt:
+        assert "Interrupted at step 4: the newest checkpoint (step 3)" in capsys.readouterr().out
+
+
+def test_default_data_seed_is_drawn_once_recorded_and_reused(tmp_path):
+    config = tiny_config(**{"dataset.seed": -1})
+    workdir = str(tmp_path)
+    first = loop.train_and_evaluate(config, workdir, stop_at_step=2)
+    seed = first["data_seed"]
+    assert isinstance(seed, int) and seed >= 0
+    assert config.dataset.seed == -1  # the caller's config is left as it was
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["dataset"]["seed"] == seed
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    meta = checkpointer.read_meta(2)
+    checkpointer.close()
+    assert meta["data_seed"] == seed
+    second = loop.train_and_evaluate(config, workdir)
+    assert second["step"] == 6 and second["data_seed"] == seed

@@ -1,5 +1,10 @@
-"""Real signals on a real training process: SIGTERM saves, SIGKILL loses only recent steps."""
+"""Real signals on a real training process: SIGTERM saves, SIGKILL loses only recent steps.
 
+The runs are the README's command line on the tiny config, so they also check that a
+finished or preempted run exits 0 with nothing on its console but the run's own lines.
+"""
+
+import json
 import os
 import re
 import signal
@@ -16,6 +21,15 @@ from tests.training.tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 24
+# Every line a run prints itself: "[HH:MM:SS] ..." progress lines, and absl warnings.
+RUN_LINE = re.compile(r"^(\[\d\d:\d\d:\d\d\] |W\d{4} [\d:.]+ +\d+ \w+\.py:\d+\] )")
+
+
+def assert_quiet(output):
+    """No library banner (TensorFlow's oneDNN notice, XLA's backend search...) and no
+    traceback or abort: only the run's own lines."""
+    foreign = [line for line in output.splitlines() if line and not RUN_LINE.match(line)]
+    assert not foreign, "\n".join(foreign)
 
 
 def _start(workdir, *overrides, steps=STEPS):
@@ -73,7 +87,8 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
     process.send_signal(signal.SIGTERM)
     output = "".join(lines) + process.communicate(timeout=120)[0]
     assert process.returncode == 0, output
-    stopped = int(re.search(r"Stopped at step (\d+) with a checkpoint", output).group(1))
+    assert_quiet(output)
+    stopped = int(re.search(r"Preempted at step (\d+): the newest checkpoint", output).group(1))
     assert 3 <= stopped < steps
     assert _finished_steps(workdir) == [stopped]
     state = loop.restore_state(workdir, tiny_config(num_train_steps=steps))
@@ -81,10 +96,11 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
 
 
 def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
-    # Checkpoint frequency does not change the numbers: the reference saves only at the end.
-    config = tiny_config(num_train_steps=STEPS, checkpoint_every_steps=0)
+    # The default dataset.seed=-1: the seed is drawn at the first start, recorded, and
+    # reused by the resumed run, so the resume is exact without choosing a seed.
     workdir = str(tmp_path / "killed")
-    process = _start(workdir, "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=50")
+    flags = ["--config.checkpoint_every_steps=2", "--config.keep_checkpoints=50"]
+    process = _start(workdir, "--config.dataset.seed=-1", *flags)
     _wait_for(lambda: len(_finished_steps(workdir)) >= 2, process)
     process.kill()  # SIGKILL: no handler runs, nothing is flushed.
     process.wait(timeout=30)
@@ -92,9 +108,13 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     last = survived[-1]
     assert last < STEPS, "the run finished before it could be killed"
     assert survived == list(range(2, last + 1, 2))  # every periodic checkpoint is intact
+    with open(os.path.join(workdir, "config.json")) as f:
+        seed = json.load(f)["dataset"]["seed"]
+    assert isinstance(seed, int) and seed >= 0
 
-    # Resuming continues from the last checkpoint and ends exactly where an
-    # uninterrupted run ends: only the work after step `last` was redone.
+    # Resuming (the same command, seed still -1) continues from the last checkpoint and
+    # ends exactly where an uninterrupted run with that seed ends: only the work after
+    # step `last` was redone.
     resumed = subprocess.run(
         [
             sys.executable,
@@ -102,8 +122,8 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
             "experiments.train",
             "--config=tests/training/tiny.py",
             f"--config.num_train_steps={STEPS}",
-            "--config.checkpoint_every_steps=2",
-            "--config.keep_checkpoints=50",
+            "--config.dataset.seed=-1",
+            *flags,
             f"--workdir={workdir}",
         ],
         cwd=REPO,
@@ -112,8 +132,12 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_quiet(resumed.stdout + resumed.stderr)
     assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {last}." in resumed.stdout
+    assert f"data seed {seed}." in resumed.stdout
 
+    # Checkpoint frequency does not change the numbers: the reference saves only at the end.
+    config = tiny_config(num_train_steps=STEPS, checkpoint_every_steps=0, **{"dataset.seed": seed})
     reference_dir = str(tmp_path / "reference")
     loop.train_and_evaluate(config, reference_dir)
     final = loop.restore_state(workdir, config)
@@ -121,4 +145,7 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     assert int(final.step) == int(reference.step) == STEPS
     for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == STEPS
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert checkpointer.latest_step() == STEPS
+    assert checkpointer.read_meta(STEPS)["data_seed"] == seed
+    checkpointer.close()
