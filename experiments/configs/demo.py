@@ -1,6 +1,6 @@
 """The offline quickstart: a narrow NFNet on scikit-learn's handwritten digits.
 
-Run (about 2-3 minutes on 2 CPU cores, no download):
+Run (about 70 s on 2 CPU cores, no download):
 
     python -m experiments.train --config=nfnet_demo --workdir=/tmp/nfnet_demo
 
