@@ -149,10 +149,10 @@ def _batch_size(batch) -> int:
 
 def _timed_eval_pass(data_dir: str, size: int, threads: int | None) -> tuple[int, float]:
     """Images and seconds of one evaluation pass (building the pipeline is not timed)."""
-    iterator = _iterator("eval", None, data_dir, size, threads)
-    began = time.perf_counter()
-    images = sum(_batch_size(batch) for batch in iterator)
-    return images, time.perf_counter() - began
+    with _iterator("eval", None, data_dir, size, threads) as iterator:
+        began = time.perf_counter()
+        images = sum(_batch_size(batch) for batch in iterator)
+        return images, time.perf_counter() - began
 
 
 def measure(kind: str, augment: str | None, data_dir: str, size: int, threads: int | None) -> float:
@@ -172,14 +172,18 @@ def measure(kind: str, augment: str | None, data_dir: str, size: int, threads: i
             rates.append(images / seconds)
         return max(rates)
     iterator = _iterator(kind, augment, data_dir, size, threads)
-    began = time.perf_counter()
-    while time.perf_counter() - began < WARMUP_SECONDS:
-        next(iterator)
-    for _ in range(WINDOWS):
-        images, began = 0, time.perf_counter()
-        while time.perf_counter() - began < MIN_SECONDS / WINDOWS:
-            images += _batch_size(next(iterator))
-        rates.append(images / (time.perf_counter() - began))
+    try:
+        began = time.perf_counter()
+        while time.perf_counter() - began < WARMUP_SECONDS:
+            next(iterator)
+        for _ in range(WINDOWS):
+            images, began = 0, time.perf_counter()
+            while time.perf_counter() - began < MIN_SECONDS / WINDOWS:
+                images += _batch_size(next(iterator))
+            rates.append(images / (time.perf_counter() - began))
+    finally:
+        if hasattr(iterator, "close"):  # the pipeline's iterators release tf.data's
+            iterator.close()
     return max(rates)
 
 

@@ -39,15 +39,18 @@ def quiet_console(verbose: bool = False, *, tensorflow: bool = True) -> None:
     Call it first thing, before TensorFlow is imported.
 
     Args:
-        verbose: show everything: ``TF_CPP_MIN_LOG_LEVEL`` defaults to 0 and JAX logs at
-            its own level. Otherwise ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 (TensorFlow's
-            C++ INFO and WARNING lines) and JAX's INFO lines are dropped unless
-            ``JAX_LOGGING_LEVEL`` is set. Values the user set are kept either way.
+        verbose: show everything (``--verbose``): ``TF_CPP_MIN_LOG_LEVEL`` is set to 0 and
+            JAX logs at its own level. Otherwise ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2
+            (TensorFlow's C++ INFO and WARNING lines; a value the user set is kept) and
+            JAX's INFO lines are dropped unless ``JAX_LOGGING_LEVEL`` is set.
         tensorflow: load TensorFlow now, through `nfnets_jax.data` (which drops its
             load-time notices unless ``TF_CPP_MIN_LOG_LEVEL=0``), for commands that feed
             data or preprocess images.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not verbose and not os.environ.get("JAX_LOGGING_LEVEL"):
         logging.getLogger(_JAX_LOGGER).setLevel(logging.WARNING)
     if tensorflow:

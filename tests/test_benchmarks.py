@@ -5,6 +5,7 @@ report consistent figures and update their BENCHMARKS.md section in place.
 """
 
 import math
+import threading
 
 from benchmarks import common, train_throughput
 from tests.training.tiny import tiny_config
@@ -26,7 +27,9 @@ def test_median_seconds_calls_warmup_then_steps():
 
 def test_train_throughput_measures_the_runs_own_step():
     config = tiny_config()
+    before = set(threading.enumerate())
     result = train_throughput.measure(config, steps=2)
+    assert [t for t in threading.enumerate() if t not in before] == []  # input thread joined
     assert result["finite"]
     assert result["batch"] == 16 and result["image_size"] == 16
     assert result["devices"].startswith("4 x ")  # the fake CPU devices of conftest.py

@@ -324,3 +324,16 @@ def test_a_mistake_is_one_message(files, tmp_path, argv, status, message):
     for sign in ("Traceback", "Fatal Python error", "terminate called", "oneDNN"):
         assert sign not in output, output
     assert not os.path.exists(os.path.join(files, "run", "checkpoints")), "work was done"
+
+
+def test_verbose_shows_the_libraries_start_up_banners(files):
+    argv = ["experiments.predict", f"--checkpoint={files}/imagenet.npz", f"{files}/cat.jpg"]
+    outputs = {}
+    for flag in ([], ["--verbose"]):
+        done = subprocess.run(
+            [sys.executable, "-m", *argv, *flag], cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "image file(s) not found" in done.stderr
+        outputs[bool(flag)] = done.stderr
+    assert outputs[False].splitlines() == [outputs[False].splitlines()[-1]]  # one line
+    assert "oneDNN custom operations are on" in outputs[True]  # TensorFlow's own notice

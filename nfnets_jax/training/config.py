@@ -164,7 +164,10 @@ def check_kwargs(callable_, kwargs: dict, what: str) -> list[str]:
 
 
 def _positive_int(config, key, problems, allow_zero=False):
-    value = config.get(key) if "." not in key else config.dataset.get(key.split(".", 1)[1])
+    """`config`'s field at the dotted `key` if it is a positive int, else None (noted)."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part)
     ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"

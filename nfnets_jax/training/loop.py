@@ -312,18 +312,18 @@ def train_and_evaluate(
         )
         device_state = mapper.to_device_state(state)
         del state
-        loop = _Loop(config, plan, mapper, checkpointer, writer, eval_fn, sigterm)
+        runner = _Loop(config, plan, mapper, checkpointer, writer, eval_fn, sigterm)
         if start_step >= plan.total_steps:
             result = {"step": start_step, "preempted": False}
-            result.update(loop.run_eval(device_state, start_step))
+            result.update(runner.run_eval(device_state, start_step))
         else:
             train_iter = train_iterator(config, plan, mapper, start_step)
             batches = stack.enter_context(
                 data.prefetch_to_device(train_iter, size=2, sharding=mapper.batch_sharding)
             )
-            result = loop.train(device_state, batches, mapped_step, start_step, stop_at_step)
+            result = runner.train(device_state, batches, mapped_step, start_step, stop_at_step)
         result["data_seed"] = config.dataset.seed
-        if not result["preempted"] and result["step"] >= plan.total_steps and is_main:
+        if "eval" in result and is_main:  # the run completed
             (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
         return result
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import configs
 from nfnets_jax.training import config as config_lib
+from nfnets_jax.training import startup
 from tests.training.tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,3 +92,50 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path):
     assert "train_batch_size must be an integer > 0, got -8" in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "checkpoints")  # stopped before any work
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"dataset.seed": -2}, "dataset.seed must be an integer >= -1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"dataset.eval_image_size": 0}, "dataset.eval_image_size must be an integer > 0"),
+        ({"dataset.num_classes": 0}, "dataset.num_classes must be > 0, or -1"),
+        ({"checkpoint_every_secs": -1.0}, "checkpoint_every_secs must be a number >= 0"),
+        ({"dataset.augment_name": "cutmix_mixup", "train_batch_size": 12}, "must be even"),
+        ({"dataset.train_split": "train[2000:]"}, "selects no examples"),
+        ({"dataset.eval_split": "valid"}, "has no split 'valid'"),
+    ],
+)
+def test_more_bad_values_are_reported(overrides, message):
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate_config(tiny_config(**overrides), num_devices=4)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"num_train_steps": 1}, "warmup_epochs=0.02 is 1.8 steps"),
+        ({"model_kwargs.width_pattern": (1, 16)}, "cannot be built with these model_kwargs"),
+        ({"optimizer.no_decay_patterns": ("NFNet/~/nope",)}, "match no parameter path"),
+    ],
+)
+def test_prepare_run_checks_what_needs_the_model_or_the_run_length(overrides, message, tmp_path):
+    with pytest.raises(config_lib.ConfigError) as info:
+        startup.prepare_run(tiny_config(**overrides), str(tmp_path))
+    assert message in str(info.value)
+    assert os.listdir(tmp_path) == []  # nothing was written
+
+
+def test_prepare_run_carries_what_it_learned(tmp_path):
+    config = tiny_config(**{"dataset.train_split": "train[:640]"})  # a sliced split
+    run = startup.prepare_run(config, str(tmp_path / "new"))
+    assert run.info.splits == {"train": 1437, "validation": 360}
+    assert run.plan.num_train_examples == 640 and run.plan.steps_per_epoch == 40.0
+    assert run.plan.num_classes == 10 and run.saved_steps == ()
+    assert run.init_from is None and run.teacher is None
+    assert not os.path.exists(tmp_path / "new")  # validation creates nothing
+    (tmp_path / "file").write_text("")
+    with pytest.raises(config_lib.ConfigError, match="is a file: pass a directory"):
+        startup.prepare_run(config, str(tmp_path / "file"))
