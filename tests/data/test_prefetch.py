@@ -10,6 +10,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nfnets_jax import data
 
 
+def _digits(num_devices):
+    return data.train_iterator(
+        "digits",
+        local_device_count=num_devices,
+        per_device_batch=2,
+        image_size=8,
+        train_preproc="resize",
+        seed=0,
+    )
+
+
 def host_batches(n, devices=4, per_device=2):
     for step in range(n):
         yield {
@@ -91,24 +102,8 @@ def test_errors_reach_the_consumer():
 
 
 def test_prefetching_a_train_iterator(num_devices):
-    it = data.train_iterator(
-        "digits",
-        local_device_count=num_devices,
-        per_device_batch=2,
-        image_size=8,
-        train_preproc="resize",
-        seed=0,
-    )
-    reference = next(
-        data.train_iterator(
-            "digits",
-            local_device_count=num_devices,
-            per_device_batch=2,
-            image_size=8,
-            train_preproc="resize",
-            seed=0,
-        )
-    )
+    it = _digits(num_devices)
+    reference = next(_digits(num_devices))
     batch = next(data.prefetch_to_device(it))
     assert batch["images"].shape == (num_devices, 2, 8, 8, 3)
     np.testing.assert_array_equal(batch["images"], reference["images"])
@@ -136,14 +131,7 @@ def test_close_joins_the_thread_and_closes_the_source():
 
 
 def test_closing_a_pipeline_iterator_through_the_prefetcher(num_devices):
-    source = data.train_iterator(
-        "digits",
-        local_device_count=num_devices,
-        per_device_batch=2,
-        image_size=8,
-        train_preproc="resize",
-        seed=0,
-    )
+    source = _digits(num_devices)
     with data.prefetch_to_device(source, size=2) as it:
         next(it)
     assert not it._thread.is_alive()

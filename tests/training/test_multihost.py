@@ -32,9 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(args_for_rank, timeout=400):
+def _start_two(args_for_rank):
+    """Processes 0 and 1 of a cluster, 2 CPU devices each, output piped."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    processes = [
+    return [
         subprocess.Popen(
             [sys.executable, *args_for_rank(rank)],
             cwd=REPO,
@@ -45,6 +46,10 @@ def _two_processes(args_for_rank, timeout=400):
         )
         for rank in (0, 1)
     ]
+
+
+def _two_processes(args_for_rank, timeout=400):
+    processes = _start_two(args_for_rank)
     outputs = []
     try:
         for process in processes:
@@ -172,31 +177,21 @@ def _preempt(workdir, signalled, gap=0.0, resumed_from=None):
     """Starts a 2-process run, SIGTERMs the ranks `signalled` (`gap` s apart) after a
     few steps; returns the step both stopped at."""
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-u",
-                "-m",
-                "experiments.train",
-                "--config=tests/training/tiny.py",
-                "--config.num_train_steps=100000",  # far more than run before the signal
-                "--config.log_every_steps=1",
-                "--config.checkpoint_every_steps=0",  # only the preemption checkpoint
-                f"--workdir={workdir}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={rank}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
+    processes = _start_two(
+        lambda rank: [
+            "-u",
+            "-m",
+            "experiments.train",
+            "--config=tests/training/tiny.py",
+            "--config.num_train_steps=100000",  # far more than run before the signal
+            "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=0",  # only the preemption checkpoint
+            f"--workdir={workdir}",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={rank}",
+        ]
+    )
     outputs = [_Output(p) for p in processes]
     try:
         if resumed_from is not None:
