@@ -41,7 +41,13 @@ def _threads_left_by(run):
         result = run()
     except BaseException as caught:  # noqa: BLE001 - KeyboardInterrupt included
         error = caught
-    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        # Orbax closes its event loops with `executor.shutdown(wait=False)`: their idle
+        # worker threads are already exiting. Every other thread must be gone now.
+        if thread.name.startswith("asyncio_"):
+            thread.join(timeout=10)
+    left = [t.name for t in started if t.is_alive()]
     return left, result, error
 
 
