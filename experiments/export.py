@@ -68,7 +68,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cli.quiet_console(args.verbose, tensorflow=False)
+    cli.quiet_console(args.verbose)
     return cli.run_main(lambda: _export(args))
 
 

@@ -233,6 +233,9 @@ def dataset_class_names(name: str, data_dir: str | None = None) -> tuple[str, ..
                 )
         return tuple(sorted(classes)) or None
     try:
+        from nfnets_jax.data.tf_setup import import_tensorflow
+
+        import_tensorflow()  # before tfds loads it: quietly, off the GPUs
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(name, data_dir=data_dir)

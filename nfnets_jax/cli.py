@@ -33,19 +33,18 @@ def wants_verbose(argv: Sequence[str]) -> bool:
     return any(arg in _VERBOSE_FLAGS for arg in argv)
 
 
-def quiet_console(verbose: bool = False, *, tensorflow: bool = True) -> None:
+def quiet_console(verbose: bool = False) -> None:
     """Keeps TensorFlow's and XLA's start-up banners out of a command's output.
 
-    Call it first thing, before TensorFlow is imported.
+    Call it first thing, before TensorFlow or JAX do any work. TensorFlow itself is
+    loaded through `nfnets_jax.data.tf_setup` when first needed, which drops its
+    load-time notices unless ``TF_CPP_MIN_LOG_LEVEL=0``.
 
     Args:
         verbose: show everything (``--verbose``): ``TF_CPP_MIN_LOG_LEVEL`` is set to 0 and
             JAX logs at its own level. Otherwise ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2
             (TensorFlow's C++ INFO and WARNING lines; a value the user set is kept) and
             JAX's INFO lines are dropped unless ``JAX_LOGGING_LEVEL`` is set.
-        tensorflow: load TensorFlow now, through `nfnets_jax.data` (which drops its
-            load-time notices unless ``TF_CPP_MIN_LOG_LEVEL=0``), for commands that feed
-            data or preprocess images.
     """
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -53,8 +52,6 @@ def quiet_console(verbose: bool = False, *, tensorflow: bool = True) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not verbose and not os.environ.get("JAX_LOGGING_LEVEL"):
         logging.getLogger(_JAX_LOGGER).setLevel(logging.WARNING)
-    if tensorflow:
-        import nfnets_jax.data  # noqa: F401 - loads TensorFlow quietly
 
 
 def run_main(main: Callable[[], int | None]) -> int:

@@ -99,7 +99,7 @@ def _label(image: Any, index: int) -> str:
 
 def _to_pixels(image: Any, index: int):
     """Encoded bytes (scalar tf.string) or a uint8 [H, W, 3] array, as TF reads them."""
-    import tensorflow as tf
+    from nfnets_jax.data.tf_setup import tf
 
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)

@@ -10,29 +10,43 @@ Typical use from a training loop:
         process_count=jax.process_count()))
 """
 
-# ruff: noqa: E402 - TensorFlow is loaded (quietly, off the GPUs) before the modules that
-# use it are imported.
-from nfnets_jax.data.tf_setup import import_tensorflow as _import_tensorflow
+import importlib as _importlib
 
-_import_tensorflow()
+# Names exported here -> the module defining them. Loaded on first use, so importing the
+# package (e.g. for `augment` or `prefetch`, or the names start-up validation checks)
+# does not load TensorFlow; modules that use it load it through `tf_setup`.
+_EXPORTS = {
+    "AugmentConfig": "augment",
+    "TRAIN_PREPROCS": "augment",
+    "parse_augment_name": "augment",
+    "EvalIterator": "pipeline",
+    "TrainIterator": "pipeline",
+    "eval_iterator": "pipeline",
+    "num_eval_batches": "pipeline",
+    "train_iterator": "pipeline",
+    "default_sharding": "prefetch",
+    "prefetch_to_device": "prefetch",
+    "MEAN_RGB": "preprocess",
+    "STDDEV_RGB": "preprocess",
+    "eval_preprocess": "preprocess",
+    "train_preprocess": "preprocess",
+    "DatasetError": "sources",
+    "DatasetInfo": "sources",
+    "dataset_info": "sources",
+}
 
-from nfnets_jax.data.augment import AugmentConfig, parse_augment_name
-from nfnets_jax.data.pipeline import (
-    EvalIterator,
-    TrainIterator,
-    eval_iterator,
-    num_eval_batches,
-    train_iterator,
-)
-from nfnets_jax.data.prefetch import default_sharding, prefetch_to_device
-from nfnets_jax.data.preprocess import (
-    MEAN_RGB,
-    STDDEV_RGB,
-    TRAIN_PREPROCS,
-    eval_preprocess,
-    train_preprocess,
-)
-from nfnets_jax.data.sources import DatasetError, DatasetInfo, dataset_info
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nfnets_jax.data' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"nfnets_jax.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "MEAN_RGB",

@@ -1,4 +1,6 @@
-"""Augmentation names of the original NFNet configs, parsed into an `AugmentConfig`.
+"""The names that pick a training augmentation and the crops, parsed without TensorFlow.
+
+Start-up validation checks them before anything loads TensorFlow.
 
 The original experiment selects its training augmentation with one string, e.g.
 `'cutmix_mixup_randaugment_405'` for NFNet-F0 or `'mixup_cutmix'` for NF-RegNets. The
@@ -19,7 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["AugmentConfig", "parse_augment_name"]
+__all__ = ["TRAIN_PREPROCS", "AugmentConfig", "parse_augment_name", "parse_eval_preproc"]
+
+# Training crops (`train_preproc`, see `nfnets_jax.data.preprocess`).
+TRAIN_PREPROCS = (
+    "inception_crop",
+    "resize",
+    "resize_flip",
+    "resize_shift",
+    "resize_shift_flip",
+)
 
 # Default MixUp Beta concentration of the original `dataset.py` (spec section 6.3).
 DEFAULT_MIXUP_ALPHA = 0.2
@@ -135,3 +146,31 @@ def parse_augment_name(name: str | None) -> AugmentConfig:
             )
         i += 1
     return AugmentConfig(**config)  # type: ignore[arg-type]
+
+
+def parse_eval_preproc(method: str) -> tuple[str, float]:
+    """Parses an eval preprocessing name into `('resize_crop', p)` or `('crop_resize', 0)`.
+
+    Raises:
+        ValueError: for unknown names or a non-positive `p`.
+
+    Example:
+        >>> parse_eval_preproc('resize_crop_32')
+        ('resize_crop', 32.0)
+    """
+    if method == "crop_resize":
+        return "crop_resize", 0.0
+    if method == "resize":
+        return "resize_crop", 1.0
+    prefix = "resize_crop_"
+    if method.startswith(prefix):
+        try:
+            pad = float(method[len(prefix) :])
+        except ValueError:
+            pad = -1.0
+        if pad > 0:
+            return "resize_crop", pad
+    raise ValueError(
+        f"Unknown eval_preproc {method!r}; expected 'resize_crop_<p>' (e.g. 'resize_crop_32', "
+        "p > 0), 'crop_resize' or 'resize'."
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import tensorflow as tf
+from nfnets_jax.data.tf_setup import tf
 
 __all__ = ["cutmix_masks", "mix_batch", "mixup_ratios"]
 

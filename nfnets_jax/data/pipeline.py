@@ -43,12 +43,12 @@ import random
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from nfnets_jax.data import preprocess
 from nfnets_jax.data.augment import AugmentConfig, parse_augment_name
 from nfnets_jax.data.mix import mix_batch
 from nfnets_jax.data.sources import DatasetInfo, get_source, parse_split, shard_range
+from nfnets_jax.data.tf_setup import tf
 
 __all__ = ["EvalIterator", "TrainIterator", "eval_iterator", "num_eval_batches", "train_iterator"]
 

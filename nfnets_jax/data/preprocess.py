@@ -37,10 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import tensorflow as tf
-
 from nfnets_jax.data import randaugment as randaugment_lib
-from nfnets_jax.data.augment import AugmentConfig
+from nfnets_jax.data.augment import TRAIN_PREPROCS, AugmentConfig, parse_eval_preproc
+from nfnets_jax.data.tf_setup import tf
 
 __all__ = [
     "MEAN_RGB",
@@ -68,14 +67,6 @@ CROP_MIN_OBJECT_COVERED = 0.1
 CROP_MAX_ATTEMPTS = 10
 # Pixel padding of the centre crop (`crop_resize` and the inception-crop fallback).
 CENTER_CROP_PADDING = 32
-
-TRAIN_PREPROCS = (
-    "inception_crop",
-    "resize",
-    "resize_flip",
-    "resize_shift",
-    "resize_shift_flip",
-)
 
 
 def _window(y, x, h, w) -> tf.Tensor:
@@ -272,34 +263,6 @@ def train_preprocess(
             offsets[0] : offsets[0] + image_size, offsets[1] : offsets[1] + image_size, :
         ]
     return tf.ensure_shape(image, [image_size, image_size, 3])
-
-
-def parse_eval_preproc(method: str) -> tuple[str, float]:
-    """Parses an eval preprocessing name into `('resize_crop', p)` or `('crop_resize', 0)`.
-
-    Raises:
-        ValueError: for unknown names or a non-positive `p`.
-
-    Example:
-        >>> parse_eval_preproc('resize_crop_32')
-        ('resize_crop', 32.0)
-    """
-    if method == "crop_resize":
-        return "crop_resize", 0.0
-    if method == "resize":
-        return "resize_crop", 1.0
-    prefix = "resize_crop_"
-    if method.startswith(prefix):
-        try:
-            pad = float(method[len(prefix) :])
-        except ValueError:
-            pad = -1.0
-        if pad > 0:
-            return "resize_crop", pad
-    raise ValueError(
-        f"Unknown eval_preproc {method!r}; expected 'resize_crop_<p>' (e.g. 'resize_crop_32', "
-        "p > 0), 'crop_resize' or 'resize'."
-    )
 
 
 def eval_preprocess(image: tf.Tensor, image_size: int, method: str = "resize_crop_32") -> tf.Tensor:

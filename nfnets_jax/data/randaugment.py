@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 
-import tensorflow as tf
+from nfnets_jax.data.tf_setup import tf
 
 __all__ = [
     "OP_NAMES",

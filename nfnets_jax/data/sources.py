@@ -28,8 +28,8 @@ import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import tensorflow as tf
 
+from nfnets_jax.data.tf_setup import tf
 from nfnets_jax.errors import NFNetsError
 
 __all__ = [

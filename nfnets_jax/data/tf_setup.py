@@ -6,8 +6,9 @@
   ``TF_CPP_MIN_LOG_LEVEL=0`` to see them (``--verbose`` on the command lines does).
 * TensorFlow is kept off GPUs, which JAX uses.
 
-`nfnets_jax.data` imports TensorFlow through :func:`import_tensorflow`, so the first
-import of the package (or of any command line) is quiet.
+Every module of the project that uses TensorFlow imports it from here
+(``from nfnets_jax.data.tf_setup import tf``), so whichever comes first, the import is
+quiet and TensorFlow stays off the GPUs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from types import ModuleType
 
-__all__ = ["import_tensorflow"]
+__all__ = ["import_tensorflow", "tf"]
 
 # Lines TensorFlow writes to stderr while it loads, before any log level applies.
 _IMPORT_BANNERS = (
@@ -63,3 +64,6 @@ def import_tensorflow() -> ModuleType:
     with contextlib.suppress(RuntimeError):
         tf.config.set_visible_devices([], "GPU")
     return tf
+
+
+tf = import_tensorflow()

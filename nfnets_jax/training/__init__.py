@@ -1,40 +1,47 @@
-"""Training: the state, pure steps, device mapping, checkpoints, logging and the loop."""
+"""Training: the state, pure steps, device mapping, checkpoints, logging and the loop.
 
-from nfnets_jax.training.checkpoint import Checkpointer, CheckpointError
-from nfnets_jax.training.config import ConfigError, apply_overrides, validate_config
-from nfnets_jax.training.evaluation import evaluate_checkpoint, evaluate_params
-from nfnets_jax.training.finetune import InitFromError, init_state_from_checkpoint
-from nfnets_jax.training.loop import (
-    NonFiniteLossError,
-    restore_params,
-    restore_state,
-    train_and_evaluate,
-)
-from nfnets_jax.training.parallel import DeviceMapper
-from nfnets_jax.training.startup import Startup, build_model, prepare_run
-from nfnets_jax.training.state import TrainState, create_train_state
-from nfnets_jax.training.step import make_eval_step, make_train_step
+The names below load their module on first use, so that the light modules (`config`
+for command-line overrides, `state`, `step`) can be imported without TensorFlow.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "Checkpointer",
-    "ConfigError",
-    "DeviceMapper",
-    "InitFromError",
-    "NonFiniteLossError",
-    "Startup",
-    "TrainState",
-    "apply_overrides",
-    "build_model",
-    "create_train_state",
-    "evaluate_checkpoint",
-    "evaluate_params",
-    "init_state_from_checkpoint",
-    "make_eval_step",
-    "make_train_step",
-    "prepare_run",
-    "restore_params",
-    "restore_state",
-    "train_and_evaluate",
-    "validate_config",
-]
+import importlib as _importlib
+
+# Names exported here -> the module defining them.
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "Checkpointer": "checkpoint",
+    "ConfigError": "config",
+    "apply_overrides": "config",
+    "validate_config": "config",
+    "evaluate_checkpoint": "evaluation",
+    "evaluate_params": "evaluation",
+    "InitFromError": "finetune",
+    "init_state_from_checkpoint": "finetune",
+    "NonFiniteLossError": "loop",
+    "restore_params": "loop",
+    "restore_state": "loop",
+    "train_and_evaluate": "loop",
+    "DeviceMapper": "parallel",
+    "Startup": "startup",
+    "build_model": "startup",
+    "prepare_run": "startup",
+    "TrainState": "state",
+    "create_train_state": "state",
+    "make_eval_step": "step",
+    "make_train_step": "step",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nfnets_jax.training' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"nfnets_jax.training.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

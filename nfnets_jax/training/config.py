@@ -190,7 +190,7 @@ def _seed_problems(config: ml_collections.ConfigDict) -> list[str]:
 def _eval_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     """What evaluation reads: batch size, resolution, preprocessing, classes, model."""
     from nfnets_jax import models
-    from nfnets_jax.data import preprocess
+    from nfnets_jax.data import augment
 
     problems = []
     eval_batch = _positive_int(config, "eval_batch_size", problems)
@@ -201,7 +201,7 @@ def _eval_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[
         )
     _positive_int(config, "dataset.eval_image_size", problems)
     try:
-        preprocess.parse_eval_preproc(config.dataset.eval_preproc)
+        augment.parse_eval_preproc(config.dataset.eval_preproc)
     except (ValueError, TypeError) as error:
         problems.append(f"dataset.eval_preproc: {error}")
     classes = config.dataset.num_classes
@@ -228,15 +228,15 @@ def _train_data_problems(
     config: ml_collections.ConfigDict, per_device_batch: int | None
 ) -> list[str]:
     """Training resolution, crop and augmentation names of `config.dataset` (no I/O)."""
-    from nfnets_jax.data import augment, preprocess
+    from nfnets_jax.data import augment
 
     dataset = config.dataset
     problems = []
     _positive_int(config, "dataset.image_size", problems)
-    if dataset.train_preproc not in preprocess.TRAIN_PREPROCS:
+    if dataset.train_preproc not in augment.TRAIN_PREPROCS:
         problems.append(
             f"dataset.train_preproc={dataset.train_preproc!r} is unknown: use one of "
-            f"{', '.join(preprocess.TRAIN_PREPROCS)}."
+            f"{', '.join(augment.TRAIN_PREPROCS)}."
         )
     try:
         parsed = augment.parse_augment_name(dataset.augment_name or None)
@@ -372,8 +372,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int):
     Raises:
       ConfigError: listing every problem found, each with what to change.
     """
-    # Imported here: the registries pull in Haiku/TF, and the override helpers above
-    # must stay light for the entry point's argument parsing.
+    # Imported here: the override helpers above must stay light for the entry points'
+    # argument parsing. Nothing before the dataset checks loads TensorFlow.
     from nfnets_jax.training.parallel import PARALLELISMS
 
     problems: list[str] = []

@@ -91,7 +91,7 @@ class MetricWriter:
         self._jsonl = None
         if not enabled:
             return
-        import tensorflow as tf  # imported lazily: only the writing process needs it.
+        from nfnets_jax.data.tf_setup import tf  # lazily: only the writing process needs it.
 
         self._tf = tf
         run_dir = epath.Path(workdir)
