@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from nfnets_jax import model_spec, pretrained, weights
+from nfnets_jax import checkpoints, pretrained
 
 SECTION = "## Pretrained inference"
 
@@ -69,8 +69,8 @@ def _photos() -> list[bytes]:
 
 
 def run(args) -> tuple[list[tuple[str, str]], list[dict]]:
-    spec = model_spec.ModelSpec(
-        "NFNet", {"variant": args.variant}, 1000, 0, model_spec.NFNET_EVAL_PREPROC
+    spec = checkpoints.ModelSpec(
+        "NFNet", {"variant": args.variant}, 1000, 0, checkpoints.NFNET_EVAL_PREPROC
     )
     abstract = spec.abstract_params()
     rng = np.random.default_rng(0)
@@ -82,16 +82,16 @@ def run(args) -> tuple[list[tuple[str, str]], list[dict]]:
     stages = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{args.variant}_haiku.npz")
-        weights.save_params(params, path)
+        checkpoints.save_params(params, path)
         del params
         size_mb = os.path.getsize(path) / 2**20
         start = time.perf_counter()
-        loaded = weights.load_params(path)
+        loaded = checkpoints.load_params(path)
         stages.append(
             ("read the file (restricted unpickler)", f"{time.perf_counter() - start:.2f} s")
         )
         start = time.perf_counter()
-        recognised = model_spec.infer_model_spec(loaded)
+        recognised = checkpoints.infer_model_spec(loaded)
         stages.append(
             (
                 f"recognise the variant ({recognised.variant})",

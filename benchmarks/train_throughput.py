@@ -37,7 +37,7 @@ from benchmarks import common  # noqa: E402
 from experiments import configs  # noqa: E402
 from nfnets_jax import data  # noqa: E402
 from nfnets_jax.training import config as config_lib  # noqa: E402
-from nfnets_jax.training import loop, parallel, startup  # noqa: E402
+from nfnets_jax.training import inputs, parallel, startup  # noqa: E402
 
 SECTION = "## Training throughput"
 
@@ -76,7 +76,7 @@ def measure(config, steps: int) -> dict:
     device_state = mapper.to_device_state(state)
     # Both the iterator and the prefetch thread are closed on the way out, before
     # TensorFlow shuts down.
-    with loop.train_iterator(config, plan, mapper) as host_batches:
+    with inputs.train_iterator(config, plan, mapper) as host_batches:
         # The input pipeline alone (host batches, no training), after one warm-up batch.
         next(host_batches)
         start = time.perf_counter()

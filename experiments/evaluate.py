@@ -35,10 +35,11 @@ def config_for_checkpoint(checkpoint: str):
 
     from experiments import configs
     from experiments.configs import common
-    from nfnets_jax import checkpoint_sources, imagenet, model_spec, weights
+    from nfnets_jax import checkpoints
+    from nfnets_jax.data import imagenet
     from nfnets_jax.training.config import ConfigError
 
-    if checkpoint_sources.is_run_directory(checkpoint):
+    if checkpoints.is_run_directory(checkpoint):
         for directory in (checkpoint, os.path.dirname(os.path.abspath(checkpoint))):
             path = os.path.join(directory, "config.json")
             if os.path.isfile(path):
@@ -46,15 +47,15 @@ def config_for_checkpoint(checkpoint: str):
                     return ml_collections.ConfigDict(json.load(f)), f"the run's {path}"
         raise ConfigError(f"{checkpoint} has no config.json: pass --config=...")
     if not os.path.isfile(checkpoint):
-        raise checkpoint_sources.CheckpointNotFoundError(
+        raise checkpoints.CheckpointNotFoundError(
             f"Checkpoint {checkpoint!r} does not exist. Download DeepMind's weights, e.g. "
-            f"`wget {imagenet.released_weights_url('F0')}`, or pass an exported file or a "
+            f"`wget {checkpoints.released_weights_url('F0')}`, or pass an exported file or a "
             "run directory."
         )
-    spec = model_spec.read_sidecar(checkpoint)
-    origin = f"the spec {model_spec.sidecar_path(checkpoint)}"
+    spec = checkpoints.read_sidecar(checkpoint)
+    origin = f"the spec {checkpoints.sidecar_path(checkpoint)}"
     if spec is None:
-        spec = model_spec.infer_model_spec(weights.load_params(checkpoint))
+        spec = checkpoints.infer_model_spec(checkpoints.load_params(checkpoint))
         origin = "the preset of the variant recognised in the checkpoint"
         if spec.model == "NFNet" and spec.variant is not None:
             preset = "nfnet_" + spec.variant.lower().replace("+", "_plus")

@@ -3,7 +3,7 @@ r"""Exports a run's parameters as a standalone file: `python -m experiments.expo
 Examples:
 
     # DeepMind's layout (a pickle of {module: {param: float32 array}}, loadable by their
-    # code, by nfnets_jax.weights.load_params and by nfnets_jax.pretrained.load).
+    # code, by nfnets_jax.checkpoints.load_params and by nfnets_jax.pretrained.load).
     python -m experiments.export --workdir=/tmp/nfnet_demo --out=demo_haiku.npz
 
     # A numpy archive with 'module/param' keys, the raw (not EMA) parameters of step 400.
@@ -48,12 +48,12 @@ def _export(args: argparse.Namespace) -> int:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
-    from nfnets_jax import checkpoint_sources
+    from nfnets_jax import checkpoints
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise ConfigError(f"the directory of --out ({out_dir}) does not exist.")
-    loaded, sidecar = checkpoint_sources.export_run(
+    loaded, sidecar = checkpoints.export_run(
         args.workdir, args.out, format=args.format, use_ema=args.ema, step=args.step
     )
     count = sum(int(v.size) for sub in loaded.params.values() for v in sub.values())

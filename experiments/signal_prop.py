@@ -10,7 +10,7 @@ file ``path.py[:arg]``, optionally labelled ``label=spec``. Writes
 ``OUT/signal_propagation.png`` (average channel squared mean, average channel variance
 and residual-branch variance per block, one line per model) and
 ``OUT/signal_propagation.json`` (the plotted numbers). The computation lives in
-``nfnets_jax.signal_prop_plots``.
+``nfnets_jax.models.signal_prop_plots``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run(
 ) -> str:
     """Computes and plots the SPPs of `specs`; returns the PNG path."""
     from experiments import configs
-    from nfnets_jax import signal_prop_plots
+    from nfnets_jax.models import signal_prop_plots
 
     if not specs:
         raise ConfigError("--models is empty: name at least one preset or config file.")

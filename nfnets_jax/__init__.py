@@ -9,6 +9,7 @@ The models and optimizer pieces are importable without TensorFlow::
 The input pipelines (`nfnets_jax.data`) and the experiment loop (`nfnets_jax.training`)
 import TensorFlow and load on first access, as does `nfnets_jax.pretrained` (DeepMind's
 released weights in two lines: `pretrained.load('F0_haiku.npz').predict(images)`).
+`nfnets_jax.checkpoints` reads, recognises, fits and writes weights.
 
 References:
     Brock, De, Smith, Simonyan. High-Performance Large-Scale Image Recognition Without
@@ -19,7 +20,8 @@ References:
 
 import importlib
 
-from nfnets_jax import models, optim, weights
+from nfnets_jax import checkpoints, models, optim
+from nfnets_jax.checkpoints import load_params, save_params
 from nfnets_jax.models import NF_RegNet, NF_ResNet, NFNet, NFRegNet, NFResNet, get_model
 from nfnets_jax.optim import (
     adaptive_grad_clip,
@@ -29,7 +31,6 @@ from nfnets_jax.optim import (
     unitwise_clip,
     unitwise_norm,
 )
-from nfnets_jax.weights import load_params, save_params
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = [
     "NF_ResNet",
     "adaptive_grad_clip",
     "build_optimizer",
+    "checkpoints",
     "data",
     "ema_update",
     "get_model",
@@ -62,5 +64,4 @@ __all__ = [
     "training",
     "unitwise_clip",
     "unitwise_norm",
-    "weights",
 ]

@@ -14,11 +14,11 @@ The subclasses keep the builtin base their callers caught before (`ValueError`,
 * :class:`ConfigError` (exit 2): a config field or command-line flag to change (also
   importable as ``nfnets_jax.training.ConfigError``).
 * :class:`nfnets_jax.data.DatasetError` (exit 2): a dataset name, split or directory.
-* :class:`nfnets_jax.weights.CheckpointMismatchError`,
-  :class:`nfnets_jax.weights.UnsafePickleError`,
-  :class:`nfnets_jax.model_spec.UnrecognizedCheckpointError` and
+* :class:`nfnets_jax.checkpoints.CheckpointMismatchError`,
+  :class:`nfnets_jax.checkpoints.UnsafePickleError`,
+  :class:`nfnets_jax.checkpoints.UnrecognizedCheckpointError` and
   :class:`nfnets_jax.training.CheckpointError` (exit 1): a checkpoint that cannot be used;
-  :class:`nfnets_jax.checkpoint_sources.CheckpointNotFoundError` (exit 2): none there.
+  :class:`nfnets_jax.checkpoints.CheckpointNotFoundError` (exit 2): none there.
 * :class:`nfnets_jax.training.NonFiniteLossError` (exit 1): training diverged.
 * :class:`ImageError` (exit 1): an image that cannot be decoded;
   :class:`ImageNotFoundError` (exit 2): an image path that is not a file.

@@ -2,7 +2,8 @@
 
 Checkpoints are the tiny NFNet of ``tests/training/tiny.py`` (two stages of width 16)
 with random parameters, written exactly as DeepMind's 2021 release was: a dill-style
-pickle of Haiku FlatMappings of numpy 1.x float32 arrays (``tests.test_weights.legacy_bytes``).
+pickle of Haiku FlatMappings of numpy 1.x float32 arrays
+(``tests.checkpoints.test_formats.legacy_bytes``).
 Images are real photos shipped inside scikit-image and matplotlib.
 """
 
@@ -11,9 +12,9 @@ import os
 import jax
 import numpy as np
 
-from nfnets_jax.model_spec import ModelSpec
+from nfnets_jax.checkpoints import ModelSpec
+from tests.checkpoints.test_formats import legacy_bytes
 from tests.models.conftest import random_params
-from tests.test_weights import legacy_bytes
 from tests.training.tiny import TINY_NFNET
 
 HEAD = "NFNet/~/linear"

@@ -18,7 +18,7 @@ def load_builder():
 
 def test_site_has_a_page_per_public_package_with_rendered_docstrings(tmp_path):
     pages = load_builder().build(str(tmp_path))
-    packages = ["data", "models", "optim", "pretrained", "training", "weights"]
+    packages = ["data", "models", "optim", "pretrained", "training", "checkpoints"]
     assert set(pages) >= {"index.html", "nfnets_jax.html"} | {
         f"nfnets_jax/{name}.html" for name in packages
     }

@@ -144,7 +144,7 @@ def test_evaluate_errors(imagenet_file, tmp_path, capsys):
     # ImageNet weights against a 10-class dataset: one message saying what to change.
     assert evaluate.main(["evaluate", TINY_CONFIG, f"--checkpoint={path}"]) == 1
     err = capsys.readouterr().err
-    assert "classifies 1000 classes but the config's dataset 'digits' has 10" in err
+    assert "classifies 1000 classes but the config's NFNet for dataset 'digits' has 10" in err
     assert "NFNet/~/linear/w: checkpoint (32, 1000) vs model (32, 10)" in err
     # Without --config a 1,000-class file means ImageNet, which is not prepared here.
     assert evaluate.main(["evaluate", f"--checkpoint={path}"]) == 2

@@ -197,7 +197,7 @@ ROWS = [
         "evaluate: classes differ",
         [*EVALUATE, "--checkpoint={tmp}/imagenet.npz"],
         1,
-        "classifies 1000 classes but the config's dataset 'digits' has 10",
+        "classifies 1000 classes but the config's NFNet for dataset 'digits' has 10",
     ),
     (
         "evaluate: not a run",

@@ -81,7 +81,7 @@ def test_discovery_sees_the_packages():
         "nfnets_jax.models.nfnet",
         "nfnets_jax.optim.agc",
         "nfnets_jax.training.losses",
-        "nfnets_jax.imagenet",
+        "nfnets_jax.data.imagenet",
     ):
         assert name in MODULES
     # The absl-flag CLIs have no examples, so they are never imported here.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nfnets_jax import checkpoint_sources, imagenet, pretrained, weights
-from nfnets_jax.data import MEAN_RGB, STDDEV_RGB
+from nfnets_jax import checkpoints, pretrained
+from nfnets_jax.data import MEAN_RGB, STDDEV_RGB, imagenet
 from nfnets_jax.models import NFNet
 from tests.data.test_preprocess import np_normalize, np_resize
 from tests.pretrained_helpers import (
@@ -52,9 +52,9 @@ def test_the_network_is_recognised_from_the_released_layout(released, model):
     assert "inferred from the tree" in model.description
     assert pretrained.load(path).image_size == 256  # default: F0's test size
     loaded = jax.tree.map(np.asarray, model.params)
-    assert weights.flatten_params(loaded).keys() == weights.flatten_params(params).keys()
-    for key, value in weights.flatten_params(params).items():
-        np.testing.assert_array_equal(weights.flatten_params(loaded)[key], value)
+    assert checkpoints.flatten_params(loaded).keys() == checkpoints.flatten_params(params).keys()
+    for key, value in checkpoints.flatten_params(params).items():
+        np.testing.assert_array_equal(checkpoints.flatten_params(loaded)[key], value)
 
 
 def test_the_architecture_can_be_given_explicitly(released):
@@ -129,12 +129,12 @@ def test_top_k_of_a_known_classifier(tmp_path):
 
 def test_clear_errors(released, tmp_path, model):
     path, _ = released
-    with pytest.raises(checkpoint_sources.CheckpointNotFoundError, match="dm-nfnets/F0_haiku"):
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="dm-nfnets/F0_haiku"):
         pretrained.load(tmp_path / "F0_haiku.npz")
     with pytest.raises(ValueError, match="neither a zip"):
         pretrained.load(grace_hopper_path())
     # An explicit option the file contradicts: the error lists what differs.
-    with pytest.raises(weights.CheckpointMismatchError) as error:
+    with pytest.raises(checkpoints.CheckpointMismatchError) as error:
         pretrained.load(path, model_kwargs={"use_two_convs": False})
     assert "unexpected in the checkpoint (6)" in str(error.value)  # conv1b of 2 blocks
     assert "conv1b" in str(error.value) and "does not fit" in str(error.value)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import signal_prop as tool
-from nfnets_jax import signal_prop_plots as spp
 from nfnets_jax.models import ResNet
+from nfnets_jax.models import signal_prop_plots as spp
 from tests.training.baseline_tiny import SHRINK
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import nfnet
-from nfnets_jax import imagenet
+from nfnets_jax import checkpoints
 
 # Defaults of the recipe above (our choice for transfer learning; see the docstring).
 FINETUNE_DATASET = "oxford_flowers102"
@@ -41,9 +41,9 @@ FINETUNE_STOCHDEPTH = 0.1
 def get_config(variant: str = "F0") -> ml_collections.ConfigDict:
     """Fine-tuning recipe starting from DeepMind's `{variant}_haiku.npz` ('F0' ... 'F6')."""
     variant = variant.upper()
-    if variant not in imagenet.RELEASED_VARIANTS:
+    if variant not in checkpoints.RELEASED_VARIANTS:
         raise ValueError(
-            f"DeepMind released weights for {', '.join(imagenet.RELEASED_VARIANTS)}, not "
+            f"DeepMind released weights for {', '.join(checkpoints.RELEASED_VARIANTS)}, not "
             f"{variant!r}; fine-tune another model with --config=nfnet_f0 and "
             "--config.init_from=PATH."
         )

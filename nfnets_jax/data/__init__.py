@@ -32,7 +32,10 @@ _EXPORTS = {
     "train_preprocess": "preprocess",
     "DatasetError": "sources",
     "DatasetInfo": "sources",
+    "Source": "sources",
     "dataset_info": "sources",
+    "get_source": "sources",
+    "dataset_class_names": "class_names",
 }
 
 
@@ -56,11 +59,14 @@ __all__ = [
     "DatasetError",
     "DatasetInfo",
     "EvalIterator",
+    "Source",
     "TrainIterator",
+    "dataset_class_names",
     "dataset_info",
     "default_sharding",
     "eval_iterator",
     "eval_preprocess",
+    "get_source",
     "num_eval_batches",
     "parse_augment_name",
     "prefetch_to_device",

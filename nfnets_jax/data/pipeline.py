@@ -47,7 +47,7 @@ import numpy as np
 from nfnets_jax.data import preprocess
 from nfnets_jax.data.augment import AugmentConfig, parse_augment_name
 from nfnets_jax.data.mix import mix_batch
-from nfnets_jax.data.sources import DatasetInfo, get_source, parse_split, shard_range
+from nfnets_jax.data.sources import DatasetInfo, Source, get_source, parse_split, shard_range
 from nfnets_jax.data.tf_setup import tf
 
 __all__ = ["EvalIterator", "TrainIterator", "eval_iterator", "num_eval_batches", "train_iterator"]
@@ -240,8 +240,13 @@ def _epoch_stream(
     return epochs.flat_map(epoch_records)
 
 
+def _source(name: str | Source, data_dir: str | None) -> Source:
+    """The source of a dataset name, or the already resolved `Source` itself."""
+    return name if isinstance(name, Source) else get_source(name, data_dir)
+
+
 def train_iterator(
-    name: str,
+    name: str | Source,
     *,
     split: str | None = None,
     data_dir: str | None = None,
@@ -249,7 +254,7 @@ def train_iterator(
     per_device_batch: int,
     image_size: int,
     train_preproc: str = "inception_crop",
-    augment_name: str | None = None,
+    augment_name: str | AugmentConfig | None = None,
     augment_before_mix: bool = False,
     seed: int | None = None,
     start_step: int = 0,
@@ -264,7 +269,8 @@ def train_iterator(
     """An endless stream of training batches for this process.
 
     Args:
-        name: dataset name (`'imagenet2012'`, a tfds name, `'folder:<root>'`, `'digits'`).
+        name: dataset name (`'imagenet2012'`, a tfds name, `'folder:<root>'`, `'digits'`),
+            or its already resolved `Source` (no metadata is read again).
         split: split to read, optionally sliced (`'train[10000:]'`); default: the
             dataset's train split.
         data_dir: tfds data directory.
@@ -274,7 +280,8 @@ def train_iterator(
         train_preproc: `'inception_crop'` (the original) or one of the tiny-image crops
             `'resize'`, `'resize_flip'`, `'resize_shift'`, `'resize_shift_flip'`.
         augment_name: e.g. `'cutmix_mixup_randaugment_405'` (see
-            `nfnets_jax.data.augment`); None for crop and flip only.
+            `nfnets_jax.data.augment`), or its parsed `AugmentConfig`; None for crop and
+            flip only.
         augment_before_mix: run RandAugment + normalization before mixing (NF-RegNet
             path) instead of after it (NFNet path).
         seed: makes the stream reproducible; None favours throughput.
@@ -316,14 +323,18 @@ def train_iterator(
         raise ValueError(
             f"Unknown train_preproc {train_preproc!r}; expected one of {preprocess.TRAIN_PREPROCS}."
         )
-    config: AugmentConfig = parse_augment_name(augment_name)
+    config = (
+        augment_name
+        if isinstance(augment_name, AugmentConfig)
+        else parse_augment_name(augment_name)
+    )
     if config.mixup and config.cutmix and per_device_batch % 2:
         raise ValueError(
             f"augment_name {augment_name!r} mixes the first half of each per-device batch "
             f"with MixUp and the second with CutMix: per_device_batch must be even, got "
             f"{per_device_batch}."
         )
-    source = get_source(name, data_dir)
+    source = _source(name, data_dir)
     info = source.info
     split = split or info.train_split
     base_split, begin, end = parse_split(info, split)
@@ -469,14 +480,14 @@ def num_eval_batches(
         13
     """
     _check_positive(local_device_count=local_device_count, per_device_batch=per_device_batch)
-    info = get_source(name, data_dir).info
+    info = _source(name, data_dir).info
     return _eval_layout(
         info, split or info.eval_split, local_device_count, per_device_batch, 0, process_count
     )[3]
 
 
 def eval_iterator(
-    name: str,
+    name: str | Source,
     *,
     split: str | None = None,
     data_dir: str | None = None,
@@ -499,7 +510,7 @@ def eval_iterator(
     with `mask == 0`.
 
     Args:
-        name: dataset name.
+        name: dataset name, or its resolved `Source`.
         split: split to read, optionally sliced; default: the dataset's eval split.
         data_dir: tfds data directory.
         local_device_count: devices on this process (D).
@@ -535,7 +546,7 @@ def eval_iterator(
     if image_dtype not in _IMAGE_DTYPES:
         raise ValueError(f"image_dtype must be one of {tuple(_IMAGE_DTYPES)}, got {image_dtype!r}.")
     preprocess.parse_eval_preproc(eval_preproc)
-    source = get_source(name, data_dir)
+    source = _source(name, data_dir)
     info = source.info
     split = split or info.eval_split
     base_split, start, stop, num_batches = _eval_layout(

@@ -24,7 +24,7 @@ from nfnets_jax.models.nfnet import NFBlock, NFNet, nfnet_params
 from nfnets_jax.models.normalization import BatchNorm, GroupNorm, layer_norm
 from nfnets_jax.models.precision import compute_dtype_scope, resolve_compute_dtype
 from nfnets_jax.models.proxy_norm import ProxyNorm, ProxyNormActivation, proxy_quantiles
-from nfnets_jax.models.registry import get_model, model_names, register_model
+from nfnets_jax.models.registry import get_model, model_names, register_model, transform_model
 from nfnets_jax.models.resnet import ResNet, resnet_params
 from nfnets_jax.models.signal_prop import BlockSpec, block_schedule, signal_metrics
 from nfnets_jax.models.skipinit_resnet import SkipInitResNet
@@ -68,6 +68,7 @@ __all__ = [
     "nonlinearities",
     "proxy_quantiles",
     "register_model",
+    "transform_model",
     "resnet_params",
     "resolve_compute_dtype",
     "resolve_conv_impl",

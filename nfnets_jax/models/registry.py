@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import haiku as hk
+
 from nfnets_jax.models.fixup_resnet import FixupResNet
 from nfnets_jax.models.nf_regnet import NFRegNet
 from nfnets_jax.models.nf_resnet import NFResNet
@@ -72,3 +74,41 @@ def get_model(name: str) -> type:
         raise ValueError(
             f"Unknown model {name!r}. Known models: {', '.join(model_names())}."
         ) from None
+
+
+def transform_model(
+    name: str,
+    num_classes: int,
+    model_kwargs: dict | None = None,
+    *,
+    compute_dtype=None,
+) -> hk.TransformedWithState:
+    """``hk.transform_with_state`` of a registered model: ``forward(images, is_training)``.
+
+    Every network of the project (a run's training and evaluation models, a pretrained
+    checkpoint's, a distillation teacher) is built here.
+
+    Args:
+        name: registry name (see :func:`model_names`).
+        num_classes: classifier outputs.
+        model_kwargs: the constructor's other keyword arguments.
+        compute_dtype: activation dtype (None: the model's default, float32).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> forward = transform_model('NFNet', 10, {'variant': 'F0'})
+        >>> params, state = jax.eval_shape(
+        ...     lambda x: forward.init(jax.random.key(0), x, is_training=False),
+        ...     jnp.zeros((1, 64, 64, 3)))
+        >>> params['NFNet/~/linear']['w'].shape
+        (3072, 10)
+    """
+    model_cls = get_model(name)
+    kwargs = dict(model_kwargs or {})
+    if compute_dtype is not None:
+        kwargs["compute_dtype"] = compute_dtype
+
+    def forward(images, is_training):
+        return model_cls(num_classes=num_classes, **kwargs)(images, is_training=is_training)
+
+    return hk.transform_with_state(forward)

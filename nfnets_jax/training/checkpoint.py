@@ -23,7 +23,7 @@ from absl import logging
 from etils import epath
 
 from nfnets_jax.errors import NFNetsError
-from nfnets_jax.training import distributed
+from nfnets_jax.training import distributed, parallel
 
 
 class CheckpointError(NFNetsError, RuntimeError):
@@ -177,3 +177,42 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def restore_state(
+    workdir_or_checkpoints: str, abstract_state: Any, *, step: int | None = None
+) -> Any:
+    """Reads a run's `TrainState` (newest readable checkpoint, or `step`) onto the host.
+
+    Args:
+      workdir_or_checkpoints: a run directory (with `checkpoints/`) or the checkpoint
+        directory itself.
+      abstract_state: the state's shapes, dtypes and shardings (`startup.abstract_state
+        (config)` for a run's config).
+      step: a specific checkpoint step instead of the newest readable one.
+
+    Returns:
+      The state as host (numpy) arrays.
+
+    Raises:
+      CheckpointError: no checkpoint directory, or no (readable) checkpoint in it.
+
+    Example:
+      >>> state = restore_state('/tmp/nfnet_demo', startup.abstract_state(config))  # doctest: +SKIP
+    """
+    directory = epath.Path(workdir_or_checkpoints)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"No checkpoint directory at {directory}.")
+    checkpointer = Checkpointer(str(directory), async_save=False)
+    try:
+        if step is not None:
+            restored = checkpointer.restore(step, abstract_state)
+        else:
+            restored = checkpointer.restore_latest(abstract_state)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise CheckpointError(f"No checkpoint found in {directory}.")
+    return parallel.host_copy(restored[0])

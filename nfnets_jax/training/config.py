@@ -9,9 +9,11 @@ any data or device work, so mistakes stop a run in its first second with one mes
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -224,14 +226,17 @@ def _eval_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[
     return problems
 
 
-def _train_data_problems(
-    config: ml_collections.ConfigDict, per_device_batch: int | None
-) -> list[str]:
-    """Training resolution, crop and augmentation names of `config.dataset` (no I/O)."""
+def _train_data_problems(config: ml_collections.ConfigDict, per_device_batch: int | None):
+    """Training resolution, crop and augmentation names of `config.dataset` (no I/O).
+
+    Returns:
+      `(problems, parsed augmentation or None)`.
+    """
     from nfnets_jax.data import augment
 
     dataset = config.dataset
     problems = []
+    parsed = None
     _positive_int(config, "dataset.image_size", problems)
     if dataset.train_preproc not in augment.TRAIN_PREPROCS:
         problems.append(
@@ -249,20 +254,39 @@ def _train_data_problems(
                 "per-device batch with MixUp and the second with CutMix: the per-device batch "
                 f"({per_device_batch}) must be even."
             )
-    return problems
+    return problems, parsed
 
 
-def _dataset_info(config: ml_collections.ConfigDict, split_keys: tuple[str, ...]):
-    """The dataset's info, after checking its name, availability and the given splits."""
-    from nfnets_jax import data
+@dataclasses.dataclass(frozen=True)
+class CheckedData:
+    """What validation learned about the data, for the run to use as it is.
+
+    Attributes:
+      source: the dataset's resolved `nfnets_jax.data.Source` (metadata read once; an
+        image folder is scanned once).
+      augment: the parsed `dataset.augment_name` (None when only evaluating).
+    """
+
+    source: Any
+    augment: Any = None
+
+    @property
+    def info(self):
+        """The dataset's `DatasetInfo`."""
+        return self.source.info
+
+
+def _dataset_source(config: ml_collections.ConfigDict, split_keys: tuple[str, ...]):
+    """The dataset's source, after checking its name, availability and the given splits."""
     from nfnets_jax.data import sources
 
     try:
-        info = data.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir)
+        source = sources.get_source(config.dataset.name, data_dir=config.dataset.data_dir)
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise ConfigError(
             f"Invalid config: dataset.name={config.dataset.name!r}: {error}"
         ) from None
+    info = source.info
     problems = []
     for key in split_keys:
         split = config.dataset[key] or getattr(info, key)
@@ -271,7 +295,7 @@ def _dataset_info(config: ml_collections.ConfigDict, split_keys: tuple[str, ...]
         except sources.DatasetError as error:
             problems.append(f"dataset.{key}={split!r}: {error}")
     _raise_if(problems)
-    return info
+    return source
 
 
 def validate_eval_config(config: ml_collections.ConfigDict, *, num_devices: int):
@@ -282,13 +306,13 @@ def validate_eval_config(config: ml_collections.ConfigDict, *, num_devices: int)
       num_devices: global number of devices.
 
     Returns:
-      The dataset's `DatasetInfo`.
+      The `CheckedData` (the dataset's source).
 
     Raises:
       ConfigError: listing every problem found, each with what to change.
     """
     _raise_if(_eval_problems(config, num_devices))
-    return _dataset_info(config, ("eval_split",))
+    return CheckedData(_dataset_source(config, ("eval_split",)))
 
 
 def _refinement_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -367,7 +391,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int):
       num_devices: global number of devices the run will use.
 
     Returns:
-      The training dataset's `DatasetInfo`.
+      The `CheckedData`: the dataset's source and the parsed augmentation.
 
     Raises:
       ConfigError: listing every problem found, each with what to change.
@@ -410,7 +434,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int):
         problems.append(f"ema_decay must be in (0, 1), got {config.ema_decay}.")
     problems.extend(_seed_problems(config))
     problems.extend(_eval_problems(config, num_devices))
-    problems.extend(_train_data_problems(config, per_device))
+    data_problems, augment = _train_data_problems(config, per_device)
+    problems.extend(data_problems)
     problems.extend(_refinement_problems(config))
     _raise_if(problems)  # Cheap checks first: do not touch the dataset if the config is broken.
-    return _dataset_info(config, ("train_split", "eval_split"))
+    return CheckedData(_dataset_source(config, ("train_split", "eval_split")), augment)

@@ -16,18 +16,55 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nfnets_jax import checkpoint_sources, model_spec, weights
+from nfnets_jax import checkpoints, data
+from nfnets_jax.errors import ConfigError
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import loop, parallel, startup, step
+from nfnets_jax.training import inputs, parallel, startup, step
 
-__all__ = ["evaluate_checkpoint", "evaluate_params"]
+__all__ = ["evaluate_checkpoint", "evaluate_params", "evaluate_split"]
 
 
-def _classes_or_none(params) -> int | None:
-    try:
-        return model_spec.head_classes(params)
-    except model_spec.UnrecognizedCheckpointError:
-        return None
+def evaluate_split(
+    config: ml_collections.ConfigDict,
+    mapper: parallel.DeviceMapper,
+    eval_fn: Any,
+    params: Any,
+    model_state: Any,
+    *,
+    source: Any = None,
+) -> dict[str, float]:
+    """Top-1/top-5/loss of (device-layout) ``params`` over the whole eval split.
+
+    Every example is counted once (padding is masked out); ``eval_fn`` is the mapped
+    ``step.make_eval_step``. The input thread and iterator are closed before it returns.
+
+    Args:
+        config: the config (``dataset.*``, ``eval_batch_size``).
+        mapper: the device mapping.
+        eval_fn: the mapped evaluation step.
+        params: parameters in the device layout.
+        model_state: Haiku state in the device layout.
+        source: the dataset's resolved ``data.Source`` (default: from the config).
+
+    Returns:
+        ``loss``, ``top_1_acc``, ``top_5_acc`` and ``num_examples``.
+    """
+    totals = None
+    batches = inputs.eval_iterator(config, mapper, source=source)
+    with data.prefetch_to_device(batches, size=2, sharding=mapper.batch_sharding) as batches:
+        for batch in batches:
+            sums = eval_fn(params, model_state, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise ConfigError(f"The eval split of {config.dataset.name!r} yielded no batches.")
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    return {
+        "loss": float(totals["loss"]) / count,
+        "top_1_acc": float(totals["top_1"]) / count,
+        "top_5_acc": float(totals["top_5"]) / count,
+        "num_examples": count,
+    }
 
 
 def evaluate_params(
@@ -37,6 +74,7 @@ def evaluate_params(
     num_classes: int,
     *,
     mapper: parallel.DeviceMapper | None = None,
+    source: Any = None,
 ) -> dict[str, float]:
     """Top-1/top-5/loss of host ``params`` over the config's whole evaluation split.
 
@@ -46,6 +84,7 @@ def evaluate_params(
         model_state: its Haiku state (``{}`` for NF models).
         num_classes: the classifier's outputs.
         mapper: device mapping (default: ``config.parallelism`` over every device).
+        source: the dataset's resolved ``data.Source`` (default: from the config).
 
     Returns:
         ``top_1_acc``, ``top_5_acc``, ``loss``, ``num_examples``, ``seconds`` and
@@ -57,7 +96,7 @@ def evaluate_params(
     device_params = mapper.to_device_state(mapper.replicate(params))
     device_state = mapper.to_device_state(mapper.replicate(model_state))
     start = time.time()
-    results = loop.evaluate(config, mapper, eval_fn, device_params, device_state)
+    results = evaluate_split(config, mapper, eval_fn, device_params, device_state, source=source)
     seconds = time.time() - start
     count = results["num_examples"]
     return {
@@ -90,9 +129,10 @@ def evaluate_checkpoint(
 
     Raises:
         ConfigError: an unusable config or dataset (before any checkpoint is read).
-        nfnets_jax.checkpoint_sources.CheckpointNotFoundError: no such checkpoint.
-        nfnets_jax.weights.CheckpointMismatchError: the checkpoint does not fit the
-            config's model (every difference listed).
+        nfnets_jax.checkpoints.CheckpointNotFoundError: no such checkpoint.
+        nfnets_jax.checkpoints.CheckpointMismatchError: the checkpoint does not fit the
+            config's model (every difference listed; a classifier of another size is
+            named as such).
 
     Example:
         >>> from experiments import configs
@@ -100,41 +140,28 @@ def evaluate_checkpoint(
         {'top_1_acc': ..., 'top_5_acc': ..., ...}
     """
     mapper = mapper or parallel.DeviceMapper(config.parallelism)
-    info = config_lib.validate_eval_config(config, num_devices=mapper.num_devices)
+    checked = config_lib.validate_eval_config(config, num_devices=mapper.num_devices)
+    info = checked.info
     num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
     eval_model = startup.build_model(config, num_classes, training=False)
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     expected_params, expected_state = jax.eval_shape(
         lambda key, x: eval_model.init(key, x, is_training=False), jax.random.key(0), image
     )
-    loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
-    try:
-        params, _ = weights.validate_and_merge(loaded.params, expected_params)
-    except weights.CheckpointMismatchError as error:
-        classes = _classes_or_none(loaded.params)
-        if classes is not None and classes != num_classes:
-            raise weights.CheckpointMismatchError(
-                f"{loaded.description} classifies {classes} classes but the config's "
-                f"dataset {config.dataset.name!r} has {num_classes}: evaluate it on a "
-                f"dataset with {classes} classes (--config.dataset.name=..., e.g. "
-                "imagenet2012 for DeepMind's weights), or fine-tune it first "
-                f"(--config.init_from=...).\n{error}"
-            ) from None
-        raise weights.CheckpointMismatchError(
-            f"{loaded.description} does not fit the config's model ({config.model} "
-            f"{dict(config.model_kwargs)} with {num_classes} classes for "
-            f"{config.dataset.name!r}).\n{error}"
-        ) from None
-    model_state = loaded.model_state
-    if model_state is None:
-        if jax.tree.leaves(expected_state):
-            raise weights.CheckpointMismatchError(
-                f"{config.model} keeps state (e.g. BatchNorm statistics) that a parameter "
-                "file does not hold: evaluate the training run directory instead."
-            )
-        model_state = {}
+    loaded = checkpoints.load_checkpoint(source, use_ema=use_ema)
+    fitted = checkpoints.fit_checkpoint(
+        loaded,
+        expected_params,
+        expected_state,
+        target=f"the config's {config.model} for dataset {config.dataset.name!r}",
+        hint=(
+            "Evaluate it on a dataset with its number of classes (--config.dataset.name=..., "
+            "e.g. imagenet2012 for DeepMind's weights), or fine-tune it first "
+            "(--config.init_from=...)."
+        ),
+    )
     results: dict[str, Any] = evaluate_params(
-        config, params, model_state, num_classes, mapper=mapper
+        config, fitted.params, fitted.state, num_classes, mapper=mapper, source=checked.source
     )
     results.update(
         checkpoint=loaded.description,

@@ -16,25 +16,60 @@ run's directory), the freshly initialised state takes its parameters from that c
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
-from nfnets_jax import checkpoint_sources, weights
+from nfnets_jax import checkpoints
 from nfnets_jax.errors import NFNetsError
 from nfnets_jax.training import parallel, writers
 from nfnets_jax.training.checkpoint import CheckpointError
 from nfnets_jax.training.state import TrainState
 
-__all__ = ["InitFromError", "init_state_from_checkpoint"]
+__all__ = ["InitFromError", "fit_init_from", "init_state_from_checkpoint"]
 
 
 class InitFromError(CheckpointError):
     """``init_from`` cannot be used: missing, unreadable or not fitting the model."""
 
 
+def fit_init_from(
+    loaded: checkpoints.LoadedCheckpoint,
+    params: Any,
+    model_state: Any,
+    *,
+    check_only: bool = False,
+) -> checkpoints.FittedVariables:
+    """Fits an ``init_from`` checkpoint to the trained model (head re-initialised).
+
+    Args:
+        loaded: the checkpoint read.
+        params: the model's parameters (fresh ones, or ``jax.eval_shape``'s with
+            ``check_only``, as start-up validation does).
+        model_state: the model's Haiku state; kept fresh when the checkpoint has none.
+        check_only: only check, copying nothing.
+
+    Raises:
+        InitFromError: the checkpoint does not fit (every difference listed).
+    """
+    try:
+        return checkpoints.fit_checkpoint(
+            loaded,
+            params,
+            model_state,
+            target="the model being trained",
+            replace_head=True,
+            state_required=False,
+            check_only=check_only,
+        )
+    except checkpoints.CheckpointMismatchError as error:
+        raise InitFromError(f"init_from={loaded.source!r}: {error}") from None
+
+
 def init_state_from_checkpoint(
     state: TrainState,
-    source: str | checkpoint_sources.LoadedCheckpoint,
+    source: str | checkpoints.LoadedCheckpoint,
     *,
     optimizer: optax.GradientTransformation | None = None,
     mapper: parallel.DeviceMapper | None = None,
@@ -45,7 +80,7 @@ def init_state_from_checkpoint(
     Args:
         state: the freshly initialised state (step 0), canonical layout (replicated).
         source: a parameter file or a run directory (``config.init_from``), or what
-            :func:`~nfnets_jax.checkpoint_sources.load_checkpoint` read from one (the
+            :func:`~nfnets_jax.checkpoints.load_checkpoint` read from one (the
             run's start-up validation reads it once and passes it here).
         optimizer: the run's optimizer, to initialise its state for the loaded
             parameters (without it the given, fresh optimizer state is kept).
@@ -65,34 +100,26 @@ def init_state_from_checkpoint(
         >>> state = init_state_from_checkpoint(  # doctest: +SKIP
         ...     state, 'F0_haiku.npz', optimizer=tx, mapper=mapper)
     """
-    if isinstance(source, checkpoint_sources.LoadedCheckpoint):
+    if isinstance(source, checkpoints.LoadedCheckpoint):
         loaded = source
     else:
         try:
-            loaded = checkpoint_sources.load_checkpoint(source, use_ema=use_ema)
-        except (FileNotFoundError, NFNetsError) as error:
+            loaded = checkpoints.load_checkpoint(source, use_ema=use_ema)
+        except NFNetsError as error:
             raise InitFromError(f"init_from={source!r}: {error}") from None
-    fresh = parallel.host_copy(state.params)
-    try:
-        merged, replaced = weights.validate_and_merge(loaded.params, fresh, replace_head=True)
-    except weights.CheckpointMismatchError as error:
-        raise InitFromError(
-            f"init_from={loaded.source!r} ({loaded.description}) does not fit the model "
-            f"being trained.\n{error}"
-        ) from None
+    fitted = fit_init_from(
+        loaded, parallel.host_copy(state.params), parallel.host_copy(state.model_state)
+    )
     place = mapper.replicate if mapper is not None else jax.device_put
-    params = place(merged)
-    model_state = state.model_state
-    if loaded.model_state is not None and jax.tree.structure(
-        loaded.model_state
-    ) == jax.tree.structure(parallel.host_copy(state.model_state)):
-        model_state = place(loaded.model_state)
+    params = place(fitted.params)
+    model_state = state.model_state if fitted.state is None else place(fitted.state)
     if optimizer is not None:
         shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
         opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
     else:
         opt_state = state.opt_state
-    num_loaded = sum(len(sub) for sub in merged.values()) - len(replaced)
+    replaced = fitted.replaced
+    num_loaded = sum(len(sub) for sub in fitted.params.values()) - len(replaced)
     head = (
         f"; the classifier ({', '.join(replaced)}) is new: the checkpoint has another number "
         "of classes"

@@ -31,7 +31,6 @@ import threading
 import time
 from typing import Any
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,18 +41,20 @@ from etils import epath
 from nfnets_jax import data
 from nfnets_jax.errors import NFNetsError
 from nfnets_jax.training import checkpoint as checkpoint_lib
-from nfnets_jax.training import distributed, finetune, parallel, startup, step, writers
+from nfnets_jax.training import (
+    distributed,
+    evaluation,
+    finetune,
+    inputs,
+    parallel,
+    startup,
+    step,
+    writers,
+)
 from nfnets_jax.training.config import ConfigError
 from nfnets_jax.training.state import TrainState
 
-__all__ = [
-    "NonFiniteLossError",
-    "evaluate",
-    "restore_params",
-    "restore_state",
-    "train_and_evaluate",
-    "train_iterator",
-]
+__all__ = ["NonFiniteLossError", "train_and_evaluate"]
 
 
 class NonFiniteLossError(NFNetsError, RuntimeError):
@@ -87,80 +88,6 @@ class _SigtermFlag(contextlib.AbstractContextManager):
     def __exit__(self, *exc_info) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _eval_iterator(config, mapper: parallel.DeviceMapper):
-    eval_per_device = config.eval_batch_size // mapper.num_devices
-    return data.eval_iterator(
-        config.dataset.name,
-        split=config.dataset.eval_split or None,
-        data_dir=config.dataset.data_dir,
-        local_device_count=mapper.num_local_devices,
-        per_device_batch=eval_per_device,
-        image_size=config.dataset.eval_image_size,
-        eval_preproc=config.dataset.eval_preproc,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        flatten_devices=mapper.flatten_batches,
-    )
-
-
-def train_iterator(
-    config, plan: startup.RunPlan, mapper: parallel.DeviceMapper, start_step: int = 0
-):
-    """This process's stream of training batches, starting at batch `start_step`.
-
-    `config.dataset.seed` must be resolved (>= 0; `train_and_evaluate` draws and records
-    one for -1), so the stream is reproducible and a resume continues it exactly.
-    """
-    return data.train_iterator(
-        config.dataset.name,
-        split=config.dataset.train_split or None,
-        data_dir=config.dataset.data_dir,
-        local_device_count=mapper.num_local_devices,
-        per_device_batch=plan.per_device_batch,
-        image_size=config.dataset.image_size,
-        train_preproc=config.dataset.train_preproc,
-        augment_name=config.dataset.augment_name or None,
-        augment_before_mix=config.dataset.augment_before_mix,
-        seed=None if config.dataset.seed < 0 else config.dataset.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        flatten_devices=mapper.flatten_batches,
-    )
-
-
-def evaluate(
-    config: ml_collections.ConfigDict,
-    mapper: parallel.DeviceMapper,
-    eval_fn: Any,
-    params: Any,
-    model_state: Any,
-) -> dict[str, float]:
-    """Top-1/top-5/loss of (device-layout) `params` over the whole eval split.
-
-    Every example is counted once (padding is masked out); `eval_fn` is the mapped
-    `step.make_eval_step`. The input thread and iterator are closed before it returns.
-    Returns `loss`, `top_1_acc`, `top_5_acc` and `num_examples`.
-    """
-    totals = None
-    with data.prefetch_to_device(
-        _eval_iterator(config, mapper), size=2, sharding=mapper.batch_sharding
-    ) as batches:
-        for batch in batches:
-            sums = eval_fn(params, model_state, batch)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        raise ConfigError(f"The eval split of {config.dataset.name!r} yielded no batches.")
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-        "loss": float(totals["loss"]) / count,
-        "top_1_acc": float(totals["top_1"]) / count,
-        "top_5_acc": float(totals["top_5"]) / count,
-        "num_examples": count,
-    }
 
 
 def _prepare_everywhere(config: ml_collections.ConfigDict, workdir: str) -> startup.Startup:
@@ -248,7 +175,6 @@ def train_and_evaluate(
         sigterm = stack.enter_context(_SigtermFlag())
         run = _prepare_everywhere(config, workdir)
         mapper, plan, setup = run.mapper, run.plan, run.setup
-        is_main = jax.process_index() == 0
         run_dir = _make_run_dir(workdir)
         checkpointer = stack.enter_context(
             contextlib.closing(
@@ -257,82 +183,109 @@ def train_and_evaluate(
                 )
             )
         )
-        restored = checkpointer.restore_latest(setup.abstract_state)
-        if restored is not None:
-            state, meta = restored
-            if meta.get("train_batch_size") != config.train_batch_size:
-                logging.warning(
-                    "Resuming with train_batch_size=%d but the checkpoint was written with "
-                    "%s: the data position is counted in batches, so the stream will not "
-                    "line up.",
-                    config.train_batch_size,
-                    meta.get("train_batch_size"),
-                )
-            writers.log_line(f"Resumed from {checkpointer.directory} at step {int(meta['step'])}.")
-            recorded_seed = meta.get("data_seed")
-        else:
-            state = jax.jit(setup.init, out_shardings=mapper.replicated)(
-                jax.random.PRNGKey(config.seed), jnp.zeros(setup.image_shape, jnp.float32)
-            )
-            if config.init_from:
-                loaded = run.init_from or config.init_from
-                state = finetune.init_state_from_checkpoint(
-                    state, loaded, optimizer=setup.optimizer, mapper=mapper
-                )
-            recorded_seed = None
+        state, recorded_seed = _restore_or_initialize(config, run, checkpointer)
         config = config.copy_and_resolve_references()
         config.dataset.seed = _resolve_data_seed(config, recorded_seed)
         start_step = int(parallel.host_copy(state.step))
         writer = stack.enter_context(
-            contextlib.closing(writers.MetricWriter(workdir, enabled=is_main))
+            contextlib.closing(writers.MetricWriter(workdir, enabled=jax.process_index() == 0))
         )
-        if is_main:
-            (run_dir / "config.json").write_text(
-                config.to_json_best_effort(indent=2, sort_keys=True)
-            )
-            (run_dir / "params.txt").write_text(
-                startup.parameter_table(parallel.host_copy(state.params)) + "\n"
-            )
-            writer.write_text("config", f"```\n{config}\n```", start_step)
-            num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-            writers.log_line(
-                f"{config.model} {dict(config.model_kwargs)}: {num_params:,} parameters; "
-                f"{plan.total_steps} steps of {config.train_batch_size} images "
-                f"({plan.steps_per_epoch:.1f} steps/epoch) on {mapper.num_devices} devices "
-                f"with {config.parallelism}; data seed {config.dataset.seed}."
-            )
+        _record_run(config, run, run_dir, writer, state, start_step)
         mapped_step = startup.build_train_step(config, plan, setup, mapper, run.teacher)
-        if run.teacher is not None:
-            writers.log_line(
-                f"Distilling from {config.distill.teacher_model or 'the'} teacher "
-                f"({run.teacher.description}), T={config.distill.temperature}."
-            )
         eval_fn = mapper.map_eval_step(
             step.make_eval_step(setup.eval_model.apply, num_classes=plan.num_classes)
         )
         device_state = mapper.to_device_state(state)
         del state
-        runner = _Loop(config, plan, mapper, checkpointer, writer, eval_fn, sigterm)
+        runner = _Loop(config, run, checkpointer, writer, eval_fn, sigterm)
         if start_step >= plan.total_steps:
             result = {"step": start_step, "preempted": False}
             result.update(runner.run_eval(device_state, start_step))
         else:
-            train_iter = train_iterator(config, plan, mapper, start_step)
+            train_iter = inputs.train_iterator(
+                config,
+                plan,
+                mapper,
+                start_step,
+                source=run.dataset.source,
+                augment=run.dataset.augment,
+            )
             batches = stack.enter_context(
                 data.prefetch_to_device(train_iter, size=2, sharding=mapper.batch_sharding)
             )
             result = runner.train(device_state, batches, mapped_step, start_step, stop_at_step)
         result["data_seed"] = config.dataset.seed
-        if "eval" in result and is_main:  # the run completed
+        if "eval" in result and jax.process_index() == 0:  # the run completed
             (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
         return result
+
+
+def _restore_or_initialize(
+    config: ml_collections.ConfigDict,
+    run: startup.Startup,
+    checkpointer: checkpoint_lib.Checkpointer,
+) -> tuple[TrainState, int | None]:
+    """The newest checkpoint every process can read, else a fresh (or `init_from`) state.
+
+    Returns:
+      `(state, the data seed the checkpoint recorded or None)`.
+    """
+    restored = checkpointer.restore_latest(run.setup.abstract_state)
+    if restored is not None:
+        state, meta = restored
+        if meta.get("train_batch_size") != config.train_batch_size:
+            logging.warning(
+                "Resuming with train_batch_size=%d but the checkpoint was written with "
+                "%s: the data position is counted in batches, so the stream will not "
+                "line up.",
+                config.train_batch_size,
+                meta.get("train_batch_size"),
+            )
+        writers.log_line(f"Resumed from {checkpointer.directory} at step {int(meta['step'])}.")
+        return state, meta.get("data_seed")
+    image_shape = run.setup.image_shape
+    state = jax.jit(run.setup.init, out_shardings=run.mapper.replicated)(
+        jax.random.PRNGKey(config.seed), jnp.zeros(image_shape, jnp.float32)
+    )
+    if config.init_from:
+        state = finetune.init_state_from_checkpoint(
+            state,
+            run.init_from or config.init_from,
+            optimizer=run.setup.optimizer,
+            mapper=run.mapper,
+        )
+    return state, None
+
+
+def _record_run(config, run: startup.Startup, run_dir, writer, state, start_step) -> None:
+    """Writes `config.json`, `params.txt` and the config summary; logs the run's shape."""
+    if run.teacher is not None:
+        writers.log_line(
+            f"Distilling from {config.distill.teacher_model or 'the'} teacher "
+            f"({run.teacher.description}), T={config.distill.temperature}."
+        )
+    if jax.process_index() != 0:
+        return
+    params = parallel.host_copy(state.params)
+    (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    (run_dir / "params.txt").write_text(startup.parameter_table(params) + "\n")
+    writer.write_text("config", f"```\n{config}\n```", start_step)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    plan, mapper = run.plan, run.mapper
+    writers.log_line(
+        f"{config.model} {dict(config.model_kwargs)}: {num_params:,} parameters; "
+        f"{plan.total_steps} steps of {config.train_batch_size} images "
+        f"({plan.steps_per_epoch:.1f} steps/epoch) on {mapper.num_devices} devices "
+        f"with {config.parallelism}; data seed {config.dataset.seed}."
+    )
 
 
 class _Loop:
     """The step loop of `train_and_evaluate`: train, log, evaluate, checkpoint, stop."""
 
-    def __init__(self, config, plan, mapper, checkpointer, writer, eval_fn, sigterm):
-        self.config, self.plan, self.mapper = config, plan, mapper
+    def __init__(self, config, run: startup.Startup, checkpointer, writer, eval_fn, sigterm):
+        self.config, self.plan, self.mapper = config, run.plan, run.mapper
+        self.source = run.dataset.source
         self.checkpointer, self.writer = checkpointer, writer
         self.eval_fn, self.sigterm = eval_fn, sigterm
 
@@ -347,15 +300,15 @@ class _Loop:
 
     def run_eval(self, device_state, step_number: int) -> dict[str, dict[str, float]]:
         config, mapper = self.config, self.mapper
-        results = {
-            "eval": evaluate(
-                config, mapper, self.eval_fn, device_state.params, device_state.model_state
+
+        def evaluate(params, model_state):
+            return evaluation.evaluate_split(
+                config, mapper, self.eval_fn, params, model_state, source=self.source
             )
-        }
+
+        results = {"eval": evaluate(device_state.params, device_state.model_state)}
         if config.use_ema:
-            results["ema_eval"] = evaluate(
-                config, mapper, self.eval_fn, device_state.ema_params, device_state.ema_state
-            )
+            results["ema_eval"] = evaluate(device_state.ema_params, device_state.ema_state)
         for prefix, values in results.items():
             self.writer.write_scalars(step_number, values, prefix=f"{prefix}/")
         line = " | ".join(
@@ -499,47 +452,3 @@ class _Loop:
         result.update(self.run_eval(device_state, step_number))
         checkpointer.wait()
         return result
-
-
-def restore_state(
-    workdir_or_checkpoints: str, config: ml_collections.ConfigDict, *, step: int | None = None
-) -> TrainState:
-    """Reads a run's `TrainState` (newest readable checkpoint, or `step`) on the host.
-
-    Args:
-      workdir_or_checkpoints: a run directory (with `checkpoints/`) or the checkpoint
-        directory itself.
-      config: the run's config (it defines the model and optimizer state shapes).
-      step: a specific checkpoint step instead of the newest one.
-
-    Raises:
-      CheckpointError: no (readable) checkpoint.
-    """
-    mapper = parallel.DeviceMapper(config.parallelism)
-    setup = startup.build_setup(config, startup.plan_run(config, mapper), mapper)
-    directory = workdir_or_checkpoints
-    if (epath.Path(directory) / "checkpoints").is_dir():
-        directory = str(epath.Path(directory) / "checkpoints")
-    if not epath.Path(directory).is_dir():
-        raise checkpoint_lib.CheckpointError(f"No checkpoint directory at {directory}.")
-    checkpointer = checkpoint_lib.Checkpointer(directory, async_save=False)
-    try:
-        if step is not None:
-            restored = checkpointer.restore(step, setup.abstract_state)
-        else:
-            restored = checkpointer.restore_latest(setup.abstract_state)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise checkpoint_lib.CheckpointError(f"No checkpoint found in {directory}.")
-    return parallel.host_copy(restored[0])
-
-
-def restore_params(
-    workdir_or_checkpoints: str, config: ml_collections.ConfigDict, *, use_ema: bool = True
-) -> tuple[hk.Params, hk.State]:
-    """(EMA) params and model state of a run's newest checkpoint, on the host."""
-    state = restore_state(workdir_or_checkpoints, config)
-    if use_ema and state.ema_params is not None:
-        return state.ema_params, state.ema_state
-    return state.params, state.model_state

@@ -23,11 +23,11 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from nfnets_jax import checkpoint_sources, data, models, optim, weights
+from nfnets_jax import checkpoints, data, models, optim
 from nfnets_jax.errors import NFNetsError
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import config as config_lib
-from nfnets_jax.training import parallel, step
+from nfnets_jax.training import distill, finetune, losses, parallel, step
 from nfnets_jax.training.config import ConfigError
 from nfnets_jax.training.state import TrainState, create_train_state
 
@@ -36,6 +36,7 @@ __all__ = [
     "RunPlan",
     "Setup",
     "Startup",
+    "abstract_state",
     "build_model",
     "build_setup",
     "build_train_step",
@@ -100,15 +101,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *, training
     The training model computes in bfloat16 when `config.bfloat16` (parameters stay
     float32); the evaluation model always runs in float32, as in the original.
     """
-    model_cls = models.get_model(config.model)
-    kwargs = dict(config.model_kwargs.to_dict())
-    if training and config.bfloat16:
-        kwargs["compute_dtype"] = jnp.bfloat16
-
-    def forward(images, is_training):
-        return model_cls(num_classes=num_classes, **kwargs)(images, is_training=is_training)
-
-    return hk.transform_with_state(forward)
+    compute_dtype = jnp.bfloat16 if training and config.bfloat16 else None
+    return models.transform_model(
+        config.model, num_classes, config.model_kwargs.to_dict(), compute_dtype=compute_dtype
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +185,18 @@ def build_setup(
     )
 
 
+def abstract_state(
+    config: ml_collections.ConfigDict, mapper: parallel.DeviceMapper | None = None
+) -> TrainState:
+    """The shapes, dtypes and shardings of a run's `TrainState` (e.g. to restore it).
+
+    Reads the dataset's metadata (for the classes) and builds the model and optimizer
+    abstractly: nothing is allocated.
+    """
+    mapper = mapper or parallel.DeviceMapper(config.parallelism)
+    return build_setup(config, plan_run(config, mapper), mapper).abstract_state
+
+
 @dataclasses.dataclass(frozen=True)
 class MappedTrainStep:
     """The run's training step mapped over the devices.
@@ -218,8 +226,6 @@ def build_train_step(
     teacher_fn = loss_fn = None
     extra_args: tuple = ()
     if teacher is not None:
-        from nfnets_jax.training import losses
-
         distill_config = config.distill
         teacher_fn = teacher.logits
         loss_fn = losses.make_distillation_loss_fn(
@@ -265,7 +271,7 @@ class Startup:
 
     Attributes:
       mapper: how steps are mapped over the devices.
-      info: the training dataset's info.
+      dataset: the dataset's resolved source and the parsed augmentation.
       plan: classes, steps per epoch, total steps and batch layout.
       setup: the models, optimizer and abstract state.
       saved_steps: checkpoint steps already in the workdir (empty: a fresh start).
@@ -275,11 +281,11 @@ class Startup:
     """
 
     mapper: parallel.DeviceMapper
-    info: data.DatasetInfo
+    dataset: config_lib.CheckedData
     plan: RunPlan
     setup: Setup
     saved_steps: tuple[int, ...]
-    init_from: checkpoint_sources.LoadedCheckpoint | None
+    init_from: checkpoints.LoadedCheckpoint | None
     teacher: Any
 
 
@@ -295,33 +301,24 @@ def _saved_steps(workdir: str) -> tuple[int, ...]:
 
 def _read_init_from(
     config: ml_collections.ConfigDict, setup: Setup
-) -> checkpoint_sources.LoadedCheckpoint:
-    from nfnets_jax.training.finetune import InitFromError
-
+) -> checkpoints.LoadedCheckpoint:
     path = config.init_from
     if not epath.Path(path).exists():
         raise ConfigError(
             f"Invalid config: init_from={path!r} does not exist: download DeepMind's weights "
-            "(https://storage.googleapis.com/dm-nfnets/F0_haiku.npz, F0..F6), or pass a file "
-            "from `python -m experiments.export` or a run directory."
+            f"({checkpoints.released_weights_url('F0')}, F0..F6), or pass a file from "
+            "`python -m experiments.export` or a run directory."
         )
     try:
-        loaded = checkpoint_sources.load_checkpoint(path)
+        loaded = checkpoints.load_checkpoint(path)
     except NFNetsError as error:
-        raise InitFromError(f"init_from={path!r} cannot be read: {error}") from None
-    try:
-        weights.check_fit(loaded.params, setup.abstract_state.params, replace_head=True)
-    except weights.CheckpointMismatchError as error:
-        raise InitFromError(
-            f"init_from={path!r} ({loaded.description}) does not fit the model being "
-            f"trained.\n{error}"
-        ) from None
+        raise finetune.InitFromError(f"init_from={path!r} cannot be read: {error}") from None
+    abstract = setup.abstract_state
+    finetune.fit_init_from(loaded, abstract.params, abstract.model_state, check_only=True)
     return loaded
 
 
 def _read_teacher(config: ml_collections.ConfigDict, num_classes: int):
-    from nfnets_jax.training import distill
-
     try:
         return distill.load_teacher(config, num_classes)
     except ConfigError:
@@ -348,12 +345,12 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Startup:
         schedule longer than the run, workdir, missing `init_from`, or unusable teacher.
       InitFromError: `init_from` is unreadable, unsafe or does not fit the model.
     """
-    info = config_lib.validate_config(config, num_devices=jax.device_count())
+    checked = config_lib.validate_config(config, num_devices=jax.device_count())
     mapper = parallel.DeviceMapper(config.parallelism)
-    plan = plan_run(config, mapper, info)
+    plan = plan_run(config, mapper, checked.info)
     setup = build_setup(config, plan, mapper)
     saved = _saved_steps(workdir)
     init_from = _read_init_from(config, setup) if config.init_from and not saved else None
     distilling = bool(config.distill.teacher_checkpoint)
     teacher = _read_teacher(config, plan.num_classes) if distilling else None
-    return Startup(mapper, info, plan, setup, saved, init_from, teacher)
+    return Startup(mapper, checked, plan, setup, saved, init_from, teacher)

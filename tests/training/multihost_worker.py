@@ -116,8 +116,8 @@ def main(process_id: int, port: int, outdir: str) -> None:
     import jax
     import numpy as np
 
+    from nfnets_jax.checkpoints import flatten_params
     from nfnets_jax.training import distributed
-    from nfnets_jax.weights import flatten_params
 
     distributed.initialize(
         "on", coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id

@@ -18,6 +18,7 @@ from nfnets_jax.optim import ema as ema_lib
 from nfnets_jax.training import config as config_lib
 from nfnets_jax.training import distill, loop, losses, parallel, startup
 from tests.training.baseline_tiny import tiny_preset
+from tests.training.tiny import restore_state
 
 BASELINES = ["resnet50_bn", "resnet50_gn_pn", "resnet50_ln_pn"]
 BAG_OF_TRICKS = ["bot_baseline", "bot_efficient", "bot_refined", "bot_refined_mixup"]
@@ -128,7 +129,7 @@ def check_one_step(result, config, workdir):
     assert result["step"] == config.num_train_steps
     assert result["eval"]["num_examples"] == 8
     assert np.isfinite(result["train"]["loss"]) and result["train"]["loss"] > 0
-    state = loop.restore_state(str(workdir), config)
+    state = restore_state(str(workdir), config)
     # BT-10: master parameters stay float32 even when the step computes in bfloat16.
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
     return state
@@ -172,7 +173,7 @@ def test_batch_norm_state_is_trained_checkpointed_averaged_evaluated_and_distill
     config = tiny_preset("resnet50_bn", num_train_steps=2, use_ema=True, checkpoint_every_steps=1)
     result = loop.train_and_evaluate(config, str(teacher_dir))
     last = check_one_step(result, config, teacher_dir)
-    first = loop.restore_state(str(teacher_dir), config, step=1)
+    first = restore_state(str(teacher_dir), config, step=1)
     init_state = jax.tree.map(np.asarray, first.model_state)
     # The statistics moved away from their initial (0, 1) and differ between steps.
     means = [v["mean"] for v in init_state.values()]

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from experiments import configs
+from nfnets_jax import data
 from nfnets_jax.training import config as config_lib
 from nfnets_jax.training import startup
 from tests.training.tiny import tiny_config
@@ -129,9 +130,15 @@ def test_prepare_run_checks_what_needs_the_model_or_the_run_length(overrides, me
 
 
 def test_prepare_run_carries_what_it_learned(tmp_path):
-    config = tiny_config(**{"dataset.train_split": "train[:640]"})  # a sliced split
+    config = tiny_config(
+        **{"dataset.train_split": "train[:640]", "dataset.augment_name": "mixup_randaugment_205"}
+    )
     run = startup.prepare_run(config, str(tmp_path / "new"))
-    assert run.info.splits == {"train": 1437, "validation": 360}
+    assert run.dataset.info.splits == {"train": 1437, "validation": 360}
+    assert run.dataset.source.info is run.dataset.info  # resolved once, kept for the iterators
+    assert run.dataset.augment == data.AugmentConfig(
+        mixup=True, randaugment_layers=2, randaugment_magnitude=5
+    )
     assert run.plan.num_train_examples == 640 and run.plan.steps_per_epoch == 40.0
     assert run.plan.num_classes == 10 and run.saved_steps == ()
     assert run.init_from is None and run.teacher is None

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from experiments import evaluate
-from nfnets_jax import checkpoint_sources, weights
+from nfnets_jax import checkpoints
 from nfnets_jax.training import config as config_lib
 from nfnets_jax.training import finetune, loop, parallel, startup
 from tests.pretrained_helpers import HEAD, synthetic_params, write_released_layout
-from tests.training.tiny import tiny_config
+from tests.training.tiny import restore_state, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,20 @@ def imagenet_file(tmp_path_factory):
 
 
 def flat(tree):
-    return {k: np.asarray(v) for k, v in weights.flatten_params(parallel.host_copy(tree)).items()}
+    return {
+        k: np.asarray(v) for k, v in checkpoints.flatten_params(parallel.host_copy(tree)).items()
+    }
 
 
 def test_everything_but_a_head_of_another_size_comes_from_the_file(fresh, imagenet_file):
     state, setup, mapper = fresh
     path, loaded = imagenet_file
     new = finetune.init_state_from_checkpoint(state, path, optimizer=setup.optimizer, mapper=mapper)
-    params, before, source = flat(new.params), flat(state.params), weights.flatten_params(loaded)
+    params, before, source = (
+        flat(new.params),
+        flat(state.params),
+        checkpoints.flatten_params(loaded),
+    )
     head = {f"{HEAD}/w", f"{HEAD}/b"}
     for key in params:
         expected = before[key] if key in head else source[key]
@@ -65,7 +71,7 @@ def test_a_head_of_the_same_size_is_loaded_too(fresh, tmp_path):
     params = synthetic_params(10, seed=8)
     path = write_released_layout(params, tmp_path / "digits.npz")
     new = finetune.init_state_from_checkpoint(state, path, optimizer=setup.optimizer, mapper=mapper)
-    for key, value in weights.flatten_params(params).items():
+    for key, value in checkpoints.flatten_params(params).items():
         np.testing.assert_array_equal(flat(new.params)[key], value)
 
 
@@ -104,14 +110,14 @@ def test_fine_tuning_run_export_and_evaluate(fresh, imagenet_file, tmp_path, cap
     result = loop.train_and_evaluate(config, workdir)
     assert result["step"] == 1
     assert "Initialised from parameter file" in capsys.readouterr().out
-    trained = flat(loop.restore_state(workdir, config).params)
-    source, before = weights.flatten_params(loaded), flat(state.params)
+    trained = flat(restore_state(workdir, config).params)
+    source, before = checkpoints.flatten_params(loaded), flat(state.params)
     for key, value in trained.items():
         expected = before[key] if key.startswith(HEAD) else source[key]
         np.testing.assert_array_equal(value, expected, err_msg=key)
     # The exported EMA weights evaluate exactly as the run's own final EMA evaluation.
     out = tmp_path / "finetuned.npz"
-    checkpoint_sources.export_run(workdir, out)
+    checkpoints.export_run(workdir, out)
     output = tmp_path / "eval.json"
     argv = ["evaluate", f"--checkpoint={out}", f"--output={output}"]
     assert evaluate.main(argv + ["--config.dataset.eval_split=validation[:32]"]) == 0

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from nfnets_jax.data import pipeline, sources
+from nfnets_jax.data.sources import get_source
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import loop
-from tests.training.tiny import tiny_config
+from tests.training.tiny import restore_state, tiny_config
 
 
 def _assert_states_equal(a, b, rtol=0.0):
@@ -56,9 +58,21 @@ def full_run(tmp_path_factory):
     """An uninterrupted 6-step run: the reference for several tests."""
     workdir = str(tmp_path_factory.mktemp("full"))
     config = tiny_config()
-    left, result, error = _threads_left_by(lambda: loop.train_and_evaluate(config, workdir))
+    resolved = []
+
+    def counting_get_source(*args, **kwargs):
+        resolved.append(args)
+        return get_source(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "get_source", counting_get_source)
+        patch.setattr(pipeline, "get_source", counting_get_source)
+        left, result, error = _threads_left_by(lambda: loop.train_and_evaluate(config, workdir))
     assert error is None, error
     assert left == [], f"threads still running after the run returned: {left}"
+    # Start-up validation resolves the dataset once; the train iterator and both final
+    # evaluations (raw, EMA) use that source instead of reading the metadata again.
+    assert resolved == [("digits",)]
     return config, workdir, result
 
 
@@ -72,7 +86,7 @@ def test_run_writes_config_params_metrics_events_and_checkpoints(full_run):
         assert json.load(f) == json.loads(config.to_json_best_effort())
     with open(os.path.join(workdir, "params.txt")) as f:
         total = f.read().strip().splitlines()[-1]
-    state = loop.restore_state(workdir, config)
+    state = restore_state(workdir, config)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     assert total.split()[-1] == f"{num_params:,}"
 
@@ -118,8 +132,8 @@ def test_stopped_and_resumed_run_matches_uninterrupted(full_run, tmp_path):
     assert first["step"] == 4 and "eval" not in first
     second = loop.train_and_evaluate(config, workdir)
     assert second["step"] == 6
-    resumed = loop.restore_state(workdir, config)
-    reference = loop.restore_state(reference_dir, config)
+    resumed = restore_state(workdir, config)
+    reference = restore_state(reference_dir, config)
     # Same step, params, optimizer state, EMA and RNG, and the data stream continued at
     # batch 4 (a different batch would change the parameters).
     _assert_states_equal(resumed, reference)
@@ -130,8 +144,8 @@ def test_shard_map_run_matches_pmap_run(full_run, tmp_path):
     sharded_config = tiny_config(parallelism="shard_map")
     loop.train_and_evaluate(sharded_config, str(tmp_path))
     _assert_states_equal(
-        loop.restore_state(str(tmp_path), sharded_config),
-        loop.restore_state(reference_dir, config),
+        restore_state(str(tmp_path), sharded_config),
+        restore_state(reference_dir, config),
         rtol=1e-5,
     )
 
@@ -147,7 +161,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(full_run, tmp_path, c
             with open(path, "wb") as f:
                 f.write(b"garbage")
     with caplog.at_level(logging.WARNING):
-        state = loop.restore_state(workdir, config)
+        state = restore_state(workdir, config)
     assert int(state.step) == 3
     assert "step 6" in caplog.text and "falling back" in caplog.text
 
@@ -159,7 +173,7 @@ def test_every_checkpoint_corrupt_is_a_clear_error(full_run, tmp_path):
     for step in (3, 6):
         shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "state"))
     with pytest.raises(checkpoint_lib.CheckpointError, match="None of the checkpoints"):
-        loop.restore_state(workdir, config)
+        restore_state(workdir, config)
 
 
 def test_nan_in_a_batch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -181,7 +195,7 @@ def test_nan_in_a_batch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mo
     assert "last good checkpoint (step 3) is intact" in str(error)
     steps = checkpoint_lib.Checkpointer(os.path.join(tmp_path, "checkpoints")).all_steps()
     assert steps == [3]
-    assert int(loop.restore_state(str(tmp_path), config).step) == 3
+    assert int(restore_state(str(tmp_path), config).step) == 3
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])

@@ -18,10 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from nfnets_jax.training import loop
-from nfnets_jax.weights import flatten_params
+from nfnets_jax.checkpoints import flatten_params
 from tests.training import multihost_worker
-from tests.training.tiny import tiny_config
+from tests.training.tiny import restore_state, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,7 +132,7 @@ def test_experiment_runs_on_two_hosts(tmp_path):
     assert final["eval/num_examples"] == 40
     assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1
     # The multi-host checkpoint restores in a single process.
-    state = loop.restore_state(workdir, tiny_config())
+    state = restore_state(workdir, tiny_config())
     assert int(state.step) == 6
 
 
@@ -223,4 +222,4 @@ def test_sigterm_to_one_or_both_hosts_stops_both_at_one_step_and_resumes(tmp_pat
     second = _preempt(workdir, signalled=[0, 1], gap=0.3, resumed_from=first)
     assert second > first
     assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [first, second]
-    assert int(loop.restore_state(workdir, tiny_config()).step) == second
+    assert int(restore_state(workdir, tiny_config()).step) == second

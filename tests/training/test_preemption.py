@@ -17,7 +17,7 @@ import numpy as np
 
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import loop
-from tests.training.tiny import tiny_config
+from tests.training.tiny import restore_state, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 24
@@ -91,7 +91,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
     stopped = int(re.search(r"Preempted at step (\d+): the newest checkpoint", output).group(1))
     assert 3 <= stopped < steps
     assert _finished_steps(workdir) == [stopped]
-    state = loop.restore_state(workdir, tiny_config(num_train_steps=steps))
+    state = restore_state(workdir, tiny_config(num_train_steps=steps))
     assert int(state.step) == stopped
 
 
@@ -140,8 +140,8 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     config = tiny_config(num_train_steps=STEPS, checkpoint_every_steps=0, **{"dataset.seed": seed})
     reference_dir = str(tmp_path / "reference")
     loop.train_and_evaluate(config, reference_dir)
-    final = loop.restore_state(workdir, config)
-    reference = loop.restore_state(reference_dir, config)
+    final = restore_state(workdir, config)
+    reference = restore_state(reference_dir, config)
     assert int(final.step) == int(reference.step) == STEPS
     for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

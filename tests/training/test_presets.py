@@ -8,6 +8,7 @@ from experiments import configs
 from nfnets_jax import models, optim
 from nfnets_jax.training import config as config_lib
 from nfnets_jax.training import loop, parallel
+from tests.training.tiny import restore_state
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -119,7 +120,7 @@ def test_one_train_and_eval_step_per_family_on_four_devices(name, tmp_path):
     assert result["eval"]["num_examples"] == 8
     assert 0.0 <= result["eval"]["top_1_acc"] <= 1.0
     assert result["train"]["loss"] > 0.0
-    state = loop.restore_state(str(tmp_path), config)
+    state = restore_state(str(tmp_path), config)
     assert int(state.step) == 1
     # Master parameters stay float32 even when the preset computes in bfloat16.
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}

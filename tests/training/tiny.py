@@ -50,3 +50,10 @@ def get_config(arg=None):
     """Lets the CLI tests run `--config=tests/training/tiny.py`."""
     del arg
     return tiny_config()
+
+
+def restore_state(workdir, config, step=None):
+    """The host `TrainState` of a run's newest (or `step`) checkpoint, read with `config`."""
+    from nfnets_jax.training import checkpoint, startup
+
+    return checkpoint.restore_state(str(workdir), startup.abstract_state(config), step=step)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets_jax import weights
+from nfnets_jax import checkpoints
 from nfnets_jax.models import NFNet
 from tests.models.conftest import random_params
 
@@ -140,7 +140,7 @@ def test_legacy_layouts_load(
     assert expected_globals <= globals_in(data)  # the file really uses those encodings
     path = tmp_path / "F0_haiku.npz"  # DeepMind's name for a pickle
     path.write_bytes(data)
-    assert_same_tree(weights.load_params(path), SMALL)
+    assert_same_tree(checkpoints.load_params(path), SMALL)
 
 
 def test_a_real_haiku_flatmap_pickle_loads(tmp_path):
@@ -151,7 +151,7 @@ def test_a_real_haiku_flatmap_pickle_loads(tmp_path):
     assert "haiku._src.data_structures.FlatMapping" in globals_in(data)
     path = tmp_path / "flat.pkl"
     path.write_bytes(data)
-    assert_same_tree(weights.load_params(path), SMALL)
+    assert_same_tree(checkpoints.load_params(path), SMALL)
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
@@ -159,7 +159,7 @@ def test_plain_pickles_of_numpy_arrays_and_scalars_load(tmp_path, protocol):
     tree = {"m": {"w": np.ones((2, 2), np.float32), "s": np.float32(3.0)}}
     path = tmp_path / "p.pkl"
     path.write_bytes(pickle.dumps(tree, protocol=protocol))
-    loaded = weights.load_params(path)
+    loaded = checkpoints.load_params(path)
     np.testing.assert_array_equal(loaded["m"]["w"], np.ones((2, 2)))
     assert loaded["m"]["s"].shape == () and loaded["m"]["s"] == 3.0
 
@@ -186,8 +186,8 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload, refused
     path = tmp_path / "evil.npz"
     tree = {"NFNet/~/linear": {"w": np.ones(2, np.float32), "b": payload(marker)}}
     path.write_bytes(pickle.dumps(tree, protocol=3))
-    with pytest.raises(weights.UnsafePickleError, match=refused) as info:
-        weights.load_params(path)
+    with pytest.raises(checkpoints.UnsafePickleError, match=refused) as info:
+        checkpoints.load_params(path)
     assert "Nothing from it was executed" in str(info.value)
     assert not marker.exists() and not (tmp_path / "pwned.npy").exists()
 
@@ -197,25 +197,25 @@ def test_codecs_encode_only_for_latin1(tmp_path):
     import codecs
 
     path.write_bytes(pickle.dumps({"m": {"w": Evil(codecs.encode, "abc", "rot13")}}, protocol=2))
-    with pytest.raises(weights.UnsafePickleError, match="encoding 'rot13'"):
-        weights.load_params(path)
+    with pytest.raises(checkpoints.UnsafePickleError, match="encoding 'rot13'"):
+        checkpoints.load_params(path)
 
 
 def test_npz_round_trip_and_dotted_keys(tmp_path):
     path = tmp_path / "params.npz"
-    weights.save_params(SMALL, path, format="npz")
+    checkpoints.save_params(SMALL, path, format="npz")
     with np.load(path) as archive:
-        assert sorted(archive.files) == sorted(weights.flatten_params(SMALL))
-    assert_same_tree(weights.load_params(path), SMALL)
+        assert sorted(archive.files) == sorted(checkpoints.flatten_params(SMALL))
+    assert_same_tree(checkpoints.load_params(path), SMALL)
     # DeepMind's flatten_haiku_tree keys: '/~/' and '/' both became '.'.
     dotted = tmp_path / "dotted.npz"
     np.savez(dotted, **{"NFNet.nf_block.conv0.w": np.ones((1, 1, 2, 2), np.float32)})
-    assert list(weights.load_params(dotted)) == ["NFNet/~/nf_block/~/conv0"]
+    assert list(checkpoints.load_params(dotted)) == ["NFNet/~/nf_block/~/conv0"]
 
 
 def test_saved_pickle_is_the_original_layout(tmp_path):
     path = tmp_path / "export.npz"
-    weights.save_params(jax.tree.map(jnp.asarray, SMALL), path)  # jax arrays in
+    checkpoints.save_params(jax.tree.map(jnp.asarray, SMALL), path)  # jax arrays in
     # What DeepMind's loader does (dill.load is pickle.load for these objects):
     with open(path, "rb") as f:
         raw = pickle.load(f)
@@ -227,34 +227,34 @@ def test_saved_pickle_is_the_original_layout(tmp_path):
             np.testing.assert_array_equal(raw[module][name], value)
     # Only `numpy.ndarray` is referenced: loadable under numpy 1.x and 2.x alike.
     assert globals_in(path.read_bytes()) == {"numpy.ndarray"}
-    assert_same_tree(weights.load_params(path), SMALL)
+    assert_same_tree(checkpoints.load_params(path), SMALL)
 
 
 def test_bad_files_and_bad_params_give_clear_errors(tmp_path):
     text = tmp_path / "page.html"
     text.write_text("<html>Access denied</html>")
     with pytest.raises(ValueError, match="partial download"):
-        weights.load_params(text)
+        checkpoints.load_params(text)
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(legacy_bytes(SMALL)[:-40])
     with pytest.raises(ValueError, match="truncated"):
-        weights.load_params(truncated)
+        checkpoints.load_params(truncated)
     not_a_tree = tmp_path / "list.pkl"
     not_a_tree.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(ValueError, match="expected a mapping"):
-        weights.load_params(not_a_tree)
+        checkpoints.load_params(not_a_tree)
     strings = tmp_path / "strings.pkl"
     strings.write_bytes(pickle.dumps({"m": {"w": "abc"}}))
     with pytest.raises(ValueError, match="m/w: expected a numeric array"):
-        weights.load_params(strings)
+        checkpoints.load_params(strings)
     objects = tmp_path / "objects.npz"
     np.savez(objects, **{"m/w": np.array([{"a": 1}], dtype=object)})
     with pytest.raises(ValueError, match="could not read the .npz archive"):
-        weights.load_params(objects)
+        checkpoints.load_params(objects)
     with pytest.raises(ValueError, match="format must be one of"):
-        weights.save_params(SMALL, tmp_path / "x", format="h5")
+        checkpoints.save_params(SMALL, tmp_path / "x", format="h5")
     with pytest.raises(ValueError, match="only floating parameters"):
-        weights.save_params({"m": {"step": np.array(3)}}, tmp_path / "x")
+        checkpoints.save_params({"m": {"step": np.array(3)}}, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
@@ -275,8 +275,8 @@ def test_validation_lists_every_problem_in_one_error():
     del loaded["NFNet/~/nf_block"]  # missing skip_gain
     loaded["NFNet/~/nf_block/~/conv0"]["w"] = np.ones((1, 1, 2, 3), np.float32)  # shape
     loaded["NFNet/~/extra"] = {"w": np.ones(3, np.float32)}  # unexpected
-    with pytest.raises(weights.CheckpointMismatchError) as info:
-        weights.validate_and_merge(loaded, expected_tree(num_classes=3))
+    with pytest.raises(checkpoints.CheckpointMismatchError) as info:
+        checkpoints.validate_and_merge(loaded, expected_tree(num_classes=3))
     message = str(info.value)
     assert "missing from the checkpoint (1):\n    NFNet/~/nf_block/skip_gain ()" in message
     assert "unexpected in the checkpoint (1):\n    NFNet/~/extra/w (3,)" in message
@@ -285,11 +285,11 @@ def test_validation_lists_every_problem_in_one_error():
 
 
 def test_head_mismatch_suggests_replace_head_and_replace_head_reinitialises():
-    with pytest.raises(weights.CheckpointMismatchError, match="pass replace_head=True") as info:
-        weights.validate_and_merge(SMALL, expected_tree(num_classes=10))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="pass replace_head=True") as info:
+        checkpoints.validate_and_merge(SMALL, expected_tree(num_classes=10))
     assert "NFNet/~/linear/w: checkpoint (4, 3) vs model (4, 10)" in str(info.value)
 
-    merged, replaced = weights.validate_and_merge(
+    merged, replaced = checkpoints.validate_and_merge(
         SMALL, expected_tree(10), replace_head=True, rng=jax.random.key(0)
     )
     assert replaced == ["NFNet/~/linear/b", "NFNet/~/linear/w"]
@@ -301,25 +301,25 @@ def test_head_mismatch_suggests_replace_head_and_replace_head_reinitialises():
 
     # Real initial params as `expected`: the new head is exactly theirs.
     concrete = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype), expected_tree(10))
-    merged, _ = weights.validate_and_merge(SMALL, concrete, replace_head=True)
+    merged, _ = checkpoints.validate_and_merge(SMALL, concrete, replace_head=True)
     np.testing.assert_array_equal(merged["NFNet/~/linear"]["w"], np.full((4, 10), 0.5))
 
     # Same number of classes: nothing is replaced.
-    assert weights.validate_and_merge(SMALL, expected_tree(3), replace_head=True).replaced == []
+    assert checkpoints.validate_and_merge(SMALL, expected_tree(3), replace_head=True).replaced == []
     with pytest.raises(ValueError, match="pass rng="):
-        weights.validate_and_merge(SMALL, expected_tree(10), replace_head=True)
+        checkpoints.validate_and_merge(SMALL, expected_tree(10), replace_head=True)
 
 
 def test_replace_head_does_not_hide_a_different_feature_width():
     wide = expected_tree(10)
     wide["NFNet/~/linear"]["w"] = jax.ShapeDtypeStruct((8, 10), jnp.float32)
-    with pytest.raises(weights.CheckpointMismatchError, match="checkpoint \\(4, 3\\) vs model"):
-        weights.validate_and_merge(SMALL, wide, replace_head=True, rng=jax.random.key(0))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="checkpoint \\(4, 3\\) vs model"):
+        checkpoints.validate_and_merge(SMALL, wide, replace_head=True, rng=jax.random.key(0))
 
 
 def test_loaded_values_are_cast_to_the_expected_dtype():
     loaded = jax.tree.map(lambda a: np.asarray(a, np.float64), SMALL)
-    merged, _ = weights.validate_and_merge(loaded, expected_tree(3))
+    merged, _ = checkpoints.validate_and_merge(loaded, expected_tree(3))
     assert {a.dtype for a in jax.tree.leaves(merged)} == {np.dtype(np.float32)}
 
 
@@ -341,10 +341,12 @@ def test_checkpoint_round_trips_give_identical_outputs(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    weights.save_params(params, tmp_path / "ours.pkl")
-    weights.save_params(params, tmp_path / "ours.npz", format="npz")
+    checkpoints.save_params(params, tmp_path / "ours.pkl")
+    checkpoints.save_params(params, tmp_path / "ours.npz", format="npz")
     for name in ("deepmind_layout.npz", "ours.pkl", "ours.npz"):
-        merged, replaced = weights.load_and_merge(tmp_path / name, expected)
+        merged, replaced = checkpoints.validate_and_merge(
+            checkpoints.load_params(tmp_path / name), expected
+        )
         assert replaced == []
         np.testing.assert_array_equal(np.asarray(apply(merged, None, x)["logits"]), reference)
 
@@ -355,8 +357,11 @@ def test_checkpoint_round_trips_give_identical_outputs(tmp_path):
         )(x, False)
     )
     expected3 = jax.eval_shape(forward3.init, jax.random.key(0), x)
-    merged, replaced = weights.load_and_merge(
-        tmp_path / "ours.pkl", expected3, replace_head=True, rng=jax.random.key(1)
+    merged, replaced = checkpoints.validate_and_merge(
+        checkpoints.load_params(tmp_path / "ours.pkl"),
+        expected3,
+        replace_head=True,
+        rng=jax.random.key(1),
     )
     assert replaced == ["NFNet/~/linear/b", "NFNet/~/linear/w"]
     assert jax.jit(forward3.apply)(merged, None, x)["logits"].shape == (2, 3)

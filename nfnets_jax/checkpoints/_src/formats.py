@@ -1,4 +1,4 @@
-"""Parameter checkpoints: DeepMind's pickle layout and ``.npz`` archives, with validation.
+"""Parameter files: DeepMind's pickle layout and ``.npz`` archives, read safely and written.
 
 DeepMind's released ``{V}_haiku.npz`` files (``https://storage.googleapis.com/dm-nfnets/
 {V}_haiku.npz``, V = F0..F6) are **not** numpy archives: they are dill pickles of a
@@ -14,12 +14,7 @@ Also supported: ``.npz`` archives whose keys are flattened paths ``'module/param
 DeepMind's dotted ``flatten_haiku_tree`` keys), and writing both formats; the pickle
 written here loads with plain ``pickle``/``dill`` in DeepMind's code and with this module.
 
-Typical fine-tuning flow::
-
-    forward = hk.transform(lambda x: NFNet(10, 'F0')(x, is_training=True))
-    expected = forward.init(rng, dummy_images)            # or jax.eval_shape(...)
-    params, replaced = validate_and_merge(load_params('F0_haiku.npz'), expected,
-                                          replace_head=True)
+Whether the parameters fit a model is checked by :mod:`.fitting`.
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -54,22 +49,6 @@ class UnsafePickleError(NFNetsError, pickle.UnpicklingError):
 
 class CheckpointFormatError(NFNetsError, ValueError):
     """A file that is not a readable parameter checkpoint (wrong format, truncated, no tree)."""
-
-
-class CheckpointMismatchError(NFNetsError, ValueError):
-    """Loaded parameters do not fit the model: lists every missing/extra/mis-shaped leaf."""
-
-
-class MergeResult(NamedTuple):
-    """What :func:`validate_and_merge` returns.
-
-    Attributes:
-        params: ``{module: {param: np.ndarray}}`` in the model's expected dtypes.
-        replaced: ``'module/param'`` paths that were freshly initialised (head).
-    """
-
-    params: dict[str, dict[str, np.ndarray]]
-    replaced: list[str]
 
 
 # --------------------------------------------------------------------------- reading
@@ -135,7 +114,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "Haiku's legacy FlatMapping), so this file is not one, or it pickled other "
                 "objects. Nothing from it was executed. If you trust the file, load it with "
                 "the code that wrote it and re-save the parameters with "
-                "nfnets_jax.weights.save_params(params, path, format='npz')."
+                "nfnets_jax.checkpoints.save_params(params, path, format='npz')."
             ) from None
 
 
@@ -333,180 +312,38 @@ def save_params(
         raise
 
 
-# ------------------------------------------------------------------------ validation
-
-
-def _is_head(path: str) -> bool:
-    """The classifier: ``<Top>/~/linear/{w,b}`` (a direct child of the top module)."""
-    module, _, name = path.rpartition("/")
-    parts = module.split("/~/")
-    return len(parts) == 2 and parts[1] == "linear" and name in ("w", "b")
-
-
-def _only_classes_differ(loaded: tuple, expected: tuple) -> bool:
-    return len(loaded) == len(expected) and loaded[:-1] == expected[:-1]
-
-
-def _default_head_init(rng: jax.Array, path: str, shape: tuple, dtype: Any) -> np.ndarray:
-    if path.endswith("/b"):
-        return np.zeros(shape, dtype)
-    # NFNet / NF-ResNet classifier init: N(0, 0.01), untruncated (spec section 2.8).
-    return np.asarray(0.01 * jax.random.normal(rng, shape), dtype)
-
-
-def _fit(
-    flat_loaded: Mapping[str, Any], flat_expected: Mapping[str, Any], replace_head: bool
-) -> tuple[list[str], list[str]]:
-    """``(paths loaded as they are, head paths to re-initialise)``, or the mismatch error."""
-    missing, misshaped, kept, replaced = [], [], [], []
-    for path in sorted(flat_expected):
-        shape = tuple(flat_expected[path].shape)
-        if path in flat_loaded:
-            value = flat_loaded[path]
-            if tuple(np.shape(value)) == shape:
-                if not np.issubdtype(np.asarray(value).dtype, np.number):
-                    misshaped.append(f"{path}: dtype {np.asarray(value).dtype} is not numeric")
-                else:
-                    kept.append(path)
-                continue
-            if replace_head and _is_head(path) and _only_classes_differ(np.shape(value), shape):
-                replaced.append(path)
-                continue
-            misshaped.append(f"{path}: checkpoint {tuple(np.shape(value))} vs model {shape}")
-        elif replace_head and _is_head(path):
-            replaced.append(path)
-        else:
-            missing.append(f"{path} {shape}")
-    unexpected = [
-        f"{path} {tuple(np.shape(flat_loaded[path]))}"
-        for path in sorted(flat_loaded)
-        if path not in flat_expected
-    ]
-    if missing or unexpected or misshaped:
-        lines = [f"Checkpoint does not match the model ({len(flat_expected)} parameters):"]
-        for title, items in (
-            ("missing from the checkpoint", missing),
-            ("unexpected in the checkpoint", unexpected),
-            ("mis-shaped", misshaped),
-        ):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items)
-        head_differs = any(_is_head(item.split(" ")[0].rstrip(":")) for item in misshaped + missing)
-        if head_differs and not replace_head:
-            lines.append(
-                "The classifier head differs (another num_classes?): pass replace_head=True "
-                "to re-initialise it for fine-tuning."
-            )
-        else:
-            lines.append(
-                "Check that the model variant and options (width, depth, se_ratio...) match "
-                "the checkpoint."
-            )
-        raise CheckpointMismatchError("\n".join(lines))
-    return kept, replaced
-
-
-def check_fit(
-    loaded: Mapping[str, Mapping[str, Any]],
-    expected: Mapping[str, Mapping[str, Any]],
-    *,
-    replace_head: bool = False,
-) -> list[str]:
-    """Checks that loaded parameters fit the model's tree, without copying anything.
-
-    The same check as :func:`validate_and_merge`, for start-up validation: `expected`
-    may be abstract (``jax.eval_shape``) and nothing is allocated.
-
-    Returns:
-        The ``'module/param'`` paths of a classifier that ``replace_head=True`` would
-        re-initialise (empty when the checkpoint's head fits).
-
-    Raises:
-        CheckpointMismatchError: the trees differ (the message lists every difference).
-
-    Example:
-        >>> expected = {'M/~/linear': {'w': np.zeros((4, 10)), 'b': np.zeros(10)}}
-        >>> check_fit({'M/~/linear': {'w': np.ones((4, 10)), 'b': np.ones(10)}}, expected)
-        []
-    """
-    return _fit(flatten_params(loaded), flatten_params(expected), replace_head)[1]
-
-
-def validate_and_merge(
-    loaded: Mapping[str, Mapping[str, Any]],
-    expected: Mapping[str, Mapping[str, Any]],
-    *,
-    replace_head: bool = False,
-    rng: jax.Array | None = None,
-) -> MergeResult:
-    """Checks loaded parameters against the model's tree and returns them ready to use.
-
-    Every expected leaf must be present with the expected shape and no extra leaf may be
-    present; otherwise ONE :class:`CheckpointMismatchError` lists all missing, unexpected
-    and mis-shaped leaves. Loaded values are cast to the expected dtypes.
-
-    With ``replace_head=True`` the classifier (``<Top>/~/linear/w`` and ``/b``) is
-    re-initialised when the checkpoint's number of classes differs (or the head is
-    absent), for fine-tuning: values come from ``expected`` if it holds real arrays (e.g.
-    ``forward.init(...)``), else ``w ~ N(0, 0.01)`` drawn with ``rng`` and ``b = 0``.
-
-    Args:
-        loaded: ``{module: {param: array}}``, e.g. from :func:`load_params`.
-        expected: the model's tree: real params, or ``jax.eval_shape(forward.init, ...)``.
-        replace_head: re-initialise a classifier whose number of classes differs.
-        rng: key for the new head when ``expected`` is abstract.
-
-    Returns:
-        ``MergeResult(params, replaced)``: ``{module: {param: np.ndarray}}`` in expected
-        dtypes, and the ``'module/param'`` paths that were re-initialised.
-
-    Raises:
-        CheckpointMismatchError: the trees differ (the message lists every difference).
-
-    Example:
-        >>> expected = {'M/~/linear': {'w': np.zeros((4, 10)), 'b': np.zeros(10)}}
-        >>> loaded = {'M/~/linear': {'w': np.ones((4, 1000)), 'b': np.ones(1000)}}
-        >>> validate_and_merge(loaded, expected, replace_head=True).replaced
-        ['M/~/linear/b', 'M/~/linear/w']
-    """
-    flat_loaded = flatten_params(loaded)
-    flat_expected = flatten_params(expected)
-    kept, replaced = _fit(flat_loaded, flat_expected, replace_head)
-    merged = {
-        path: np.asarray(flat_loaded[path]).astype(flat_expected[path].dtype) for path in kept
-    }
-    if replaced:
-        concrete = all(not isinstance(flat_expected[p], jax.ShapeDtypeStruct) for p in replaced)
-        if not concrete and rng is None:
-            raise ValueError(
-                "replace_head needs fresh values: pass rng=jax.random.key(...) or real "
-                "initial parameters (forward.init(...)) as `expected`."
-            )
-        keys = (
-            {}
-            if concrete
-            else dict(zip(replaced, jax.random.split(rng, len(replaced)), strict=True))
-        )
-        for path in replaced:
-            spec = flat_expected[path]
-            if concrete:
-                merged[path] = np.array(jax.device_get(spec))
-            else:
-                merged[path] = _default_head_init(keys[path], path, tuple(spec.shape), spec.dtype)
-    return MergeResult(unflatten_params(merged), replaced)
-
-
-def load_and_merge(
+def save_model_variables(
+    params: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Mapping[str, Any]],
     path: str | os.PathLike,
-    expected: Mapping[str, Mapping[str, Any]],
-    *,
-    replace_head: bool = False,
-    rng: jax.Array | None = None,
-) -> MergeResult:
-    """:func:`load_params` then :func:`validate_and_merge` (same arguments).
+    format: str = "npz",
+) -> None:
+    """Writes parameters and Haiku state together, e.g. a BatchNorm model for distillation.
+
+    The file is :func:`save_params`' format with each module's state entries (``mean``,
+    ``var``, ...) next to its parameters; :func:`~nfnets_jax.checkpoints.fit_checkpoint`
+    separates them again with the model's state tree.
+
+    Raises:
+        ValueError: a module has a parameter and a state entry of the same name.
 
     Example:
-        >>> params, replaced = load_and_merge('F0_haiku.npz', expected)  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(out.name, 'teacher.npz')
+        >>> save_model_variables({'m': {'w': np.ones(2)}}, {'m': {'mean': np.zeros(2)}}, path)
+        >>> sorted(load_params(path)['m'])
+        ['mean', 'w']
+        >>> out.cleanup()
     """
-    return validate_and_merge(load_params(path), expected, replace_head=replace_head, rng=rng)
+    merged: dict[str, dict[str, Any]] = {m: dict(v) for m, v in params.items()}
+    for module, entries in state.items():
+        target = merged.setdefault(module, {})
+        clash = sorted(set(target) & set(entries))
+        if clash:
+            raise ValueError(
+                f"Module {module!r} has parameters and state both named {clash}; they cannot "
+                "share one file."
+            )
+        target.update(entries)
+    save_params(merged, path, format=format)

@@ -3,7 +3,7 @@
 Three kinds of source, told apart by what is on disk:
 
 * DeepMind's released ``{V}_haiku.npz`` files (pickles of ``{module: {param: array}}``)
-  and pickles written by :func:`nfnets_jax.weights.save_params`;
+  and pickles written by :func:`~nfnets_jax.checkpoints.save_params`;
 * ``.npz`` archives with ``'module/param'`` keys;
 * a run directory of ``nfnets_jax.training`` (``config.json`` + orbax ``checkpoints/``),
   or its ``checkpoints/`` directory. Its parameters are read without the run's config or
@@ -11,7 +11,7 @@ Three kinds of source, told apart by what is on disk:
 
 Files may carry a ``<file>.json`` spec (written by :func:`export_run`); run directories
 get theirs from ``config.json``. :func:`load_checkpoint` returns the parameters with that
-spec (None for bare released files: see :func:`nfnets_jax.model_spec.infer_model_spec`).
+spec (None for bare released files: see :func:`~nfnets_jax.checkpoints.infer_model_spec`).
 No TensorFlow is imported except to name the classes of a tfds dataset.
 """
 
@@ -26,21 +26,28 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from nfnets_jax import imagenet, weights
-from nfnets_jax.errors import NFNetsError
-from nfnets_jax.model_spec import (
+from nfnets_jax.checkpoints._src import released
+from nfnets_jax.checkpoints._src.formats import (
+    CheckpointFormatError,
+    flatten_params,
+    load_params,
+    save_params,
+    unflatten_params,
+)
+from nfnets_jax.checkpoints._src.infer import head_classes
+from nfnets_jax.checkpoints._src.spec import (
     ModelSpec,
-    head_classes,
     read_sidecar,
     spec_from_config,
     write_sidecar,
 )
+from nfnets_jax.data.class_names import dataset_class_names
+from nfnets_jax.errors import NFNetsError
 
 __all__ = [
     "CheckpointNotFoundError",
     "LoadedCheckpoint",
     "checkpoint_directory",
-    "dataset_class_names",
     "export_run",
     "is_run_directory",
     "load_checkpoint",
@@ -49,7 +56,7 @@ __all__ = [
 
 _HOW_TO_GET_WEIGHTS = (
     "Download DeepMind's ImageNet weights (F0..F6) with e.g. `wget "
-    + imagenet.WEIGHTS_URL.format(variant="F0")
+    + released.WEIGHTS_URL.format(variant="F0")
     + "`, or pass a file written by `python -m experiments.export` or a training run "
     "directory."
 )
@@ -197,7 +204,7 @@ def read_run(
             )
         kind = "EMA" if ema else "raw"
         return LoadedCheckpoint(
-            params=weights.unflatten_params(weights.flatten_params(params)),
+            params=unflatten_params(flatten_params(params)),
             model_state=model_state,
             spec=spec,
             source=path,
@@ -205,45 +212,9 @@ def read_run(
             step=candidate,
             ema=ema,
         )
-    raise weights.CheckpointFormatError(
+    raise CheckpointFormatError(
         f"No checkpoint in {directory} could be read:\n  " + "\n  ".join(failures)
     )
-
-
-def dataset_class_names(name: str, data_dir: str | None = None) -> tuple[str, ...] | None:
-    """Class names of a dataset in label order, or None when they cannot be known offline.
-
-    ``imagenet2012`` gets the packaged WordNet names, ``digits`` '0'..'9', an image folder
-    its sorted class directory names, other tfds datasets their prepared metadata.
-    """
-    if name == "imagenet2012":
-        return imagenet.class_names()
-    if name == "digits":
-        return tuple(str(d) for d in range(10))
-    if name.startswith("folder:"):
-        root = os.path.expanduser(name[len("folder:") :])
-        if not os.path.isdir(root):
-            return None
-        classes = set()
-        for split in os.listdir(root):
-            split_dir = os.path.join(root, split)
-            if os.path.isdir(split_dir):
-                classes.update(
-                    c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c))
-                )
-        return tuple(sorted(classes)) or None
-    try:
-        from nfnets_jax.data.tf_setup import import_tensorflow
-
-        import_tensorflow()  # before tfds loads it: quietly, off the GPUs
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(name, data_dir=data_dir)
-        if not builder.is_prepared():  # never download metadata
-            return None
-        return tuple(builder.info.features["label"].names)
-    except Exception:  # noqa: BLE001 - names are a nicety; an unknown dataset has none.
-        return None
 
 
 def _config_class_names(config: Mapping[str, Any], num_classes: int) -> tuple[str, ...] | None:
@@ -283,7 +254,7 @@ def load_checkpoint(source: str | os.PathLike, *, use_ema: bool = True) -> Loade
         return read_run(path, use_ema=use_ema)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"Checkpoint {path!r} does not exist. " + _HOW_TO_GET_WEIGHTS)
-    params = weights.load_params(path)
+    params = load_params(path)
     spec = read_sidecar(path)
     kind = "exported file" if spec is not None else "parameter file"
     return LoadedCheckpoint(
@@ -305,7 +276,7 @@ def export_run(
         run_dir: the training run directory.
         out: the file to write. ``format='pickle'`` is DeepMind's released layout (a
             pickle of ``{module: {param: float32 array}}``, loadable by their code and by
-            :func:`nfnets_jax.weights.load_params`); ``'npz'`` a numpy archive.
+            :func:`~nfnets_jax.checkpoints.load_params`); ``'npz'`` a numpy archive.
         format: ``'pickle'`` or ``'npz'``.
         use_ema: export the EMA parameters when the run kept them.
         step: a specific checkpoint step instead of the newest.
@@ -318,6 +289,6 @@ def export_run(
         >>> export_run('/tmp/nfnet_demo', '/tmp/demo.npz')  # doctest: +SKIP
     """
     loaded = read_run(run_dir, use_ema=use_ema, step=step)
-    weights.save_params(loaded.params, out, format=format)
+    save_params(loaded.params, out, format=format)
     sidecar = write_sidecar(loaded.spec, out) if loaded.spec is not None else None
     return loaded, sidecar

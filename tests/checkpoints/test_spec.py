@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from experiments import configs
-from nfnets_jax import model_spec, weights
-from nfnets_jax.model_spec import ModelSpec, UnrecognizedCheckpointError, infer_model_spec
+from nfnets_jax import checkpoints
+from nfnets_jax.checkpoints import ModelSpec, UnrecognizedCheckpointError, infer_model_spec
 from tests.models.conftest import GOLDEN
 
 
@@ -20,7 +20,7 @@ def shapes(tree):
 def official_trees():
     trees = json.loads((GOLDEN / "official_param_trees.json").read_text())["trees"]
     return {
-        name: weights.unflatten_params(
+        name: checkpoints.unflatten_params(
             {p: jax.ShapeDtypeStruct(tuple(s), np.float32) for p, s in tree.items()}
         )
         for name, tree in trees.items()
@@ -116,14 +116,14 @@ def test_broken_trees_raise_clear_errors(official_trees):
 
 
 def test_spec_from_config_names_only_exact_variants():
-    f1 = model_spec.spec_from_config(configs.load_config("nfnet_f1"), 1000)
+    f1 = checkpoints.spec_from_config(configs.load_config("nfnet_f1"), 1000)
     assert (f1.variant, f1.image_size, f1.eval_preproc, f1.dataset) == (
         "F1",
         320,
         "resize_crop_32",
         "imagenet2012",
     )
-    demo = model_spec.spec_from_config(configs.load_config("nfnet_demo"), 10)
+    demo = checkpoints.spec_from_config(configs.load_config("nfnet_demo"), 10)
     assert demo.variant is None and demo.image_size == 32 and demo.eval_preproc == "resize"
     assert demo.model_kwargs["width_pattern"] == (32, 64, 128, 128)
 
@@ -139,15 +139,15 @@ def test_sidecar_round_trip(tmp_path):
         dataset="folder:/data/pets",
     )
     checkpoint = tmp_path / "mine.npz"
-    assert model_spec.read_sidecar(checkpoint) is None
-    path = model_spec.write_sidecar(spec, checkpoint)
+    assert checkpoints.read_sidecar(checkpoint) is None
+    path = checkpoints.write_sidecar(spec, checkpoint)
     assert path == str(checkpoint) + ".json"
-    back = model_spec.read_sidecar(checkpoint)
+    back = checkpoints.read_sidecar(checkpoint)
     assert back.class_names == ("cat", "dog", "bird") and back.dataset == "folder:/data/pets"
     assert back.model_kwargs["width_pattern"] == [16, 32]  # JSON lists; NFNet takes them
     assert shapes(back.abstract_params()) == shapes(spec.abstract_params())
     (tmp_path / "bad.npz.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not an nfnets_jax model spec"):
-        model_spec.read_sidecar(tmp_path / "bad.npz")
+        checkpoints.read_sidecar(tmp_path / "bad.npz")
     with pytest.raises(ValueError, match="2 class names for a model with 3 classes"):
         ModelSpec("NFNet", {}, 3, 8, "resize", class_names=("a", "b"))

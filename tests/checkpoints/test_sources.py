@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import export
-from nfnets_jax import checkpoint_sources, pretrained, weights
+from nfnets_jax import checkpoints, pretrained
 from nfnets_jax.training import checkpoint, parallel, startup
 from tests.training.tiny import tiny_config
 
@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
 
 
 def assert_same(tree, expected, offset=0.0):
-    flat, want = weights.flatten_params(tree), weights.flatten_params(expected)
+    flat, want = checkpoints.flatten_params(tree), checkpoints.flatten_params(expected)
     assert flat.keys() == want.keys()
     for key in want:
         np.testing.assert_allclose(flat[key], np.asarray(want[key]) + offset, rtol=1e-6)
@@ -48,11 +48,11 @@ def assert_same(tree, expected, offset=0.0):
 
 def test_read_run_gives_ema_or_raw_parameters_and_the_spec(run_dir):
     path, raw = run_dir
-    ema = checkpoint_sources.read_run(path)
+    ema = checkpoints.read_run(path)
     assert (ema.step, ema.ema) == (5, True)
     assert ema.description == f"run {path}, step 5, EMA parameters"
     assert_same(ema.params, raw, EMA_OFFSET)
-    plain = checkpoint_sources.read_run(os.path.join(path, "checkpoints"), use_ema=False, step=2)
+    plain = checkpoints.read_run(os.path.join(path, "checkpoints"), use_ema=False, step=2)
     assert (plain.step, plain.ema) == (2, False)
     assert_same(plain.params, raw)
     spec = ema.spec  # from the run's config.json
@@ -68,14 +68,14 @@ def test_read_run_gives_ema_or_raw_parameters_and_the_spec(run_dir):
 
 def test_missing_runs_and_steps(run_dir, tmp_path):
     path, _ = run_dir
-    with pytest.raises(checkpoint_sources.CheckpointNotFoundError, match=r"step 3 \(it has"):
-        checkpoint_sources.read_run(path, step=3)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"step 3 \(it has"):
+        checkpoints.read_run(path, step=3)
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(checkpoint_sources.CheckpointNotFoundError, match="no checkpoint yet"):
-        checkpoint_sources.read_run(tmp_path)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="no checkpoint yet"):
+        checkpoints.read_run(tmp_path)
     os.rmdir(tmp_path / "checkpoints")
-    with pytest.raises(checkpoint_sources.CheckpointNotFoundError, match="not a training run"):
-        checkpoint_sources.load_checkpoint(tmp_path)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="not a training run"):
+        checkpoints.load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["pickle", "npz"])
@@ -89,11 +89,11 @@ def test_export_command_writes_the_released_layout_and_a_spec(run_dir, tmp_path,
     with open(out, "rb") as f:
         head = f.read(2)
     assert head == (b"PK" if fmt == "npz" else b"\x80\x04")  # zip, or pickle protocol 4
-    assert_same(weights.load_params(out), raw, EMA_OFFSET)
+    assert_same(checkpoints.load_params(out), raw, EMA_OFFSET)
     assert json.loads((tmp_path / f"mine.{fmt}.json").read_text())["num_classes"] == 10
     # --no-ema exports the raw parameters.
     assert export.main([f"--workdir={path}", f"--out={out}", "--no-ema", "--step=2"]) == 0
-    assert_same(weights.load_params(out), raw)
+    assert_same(checkpoints.load_params(out), raw)
 
 
 def test_export_errors(tmp_path, capsys):
@@ -106,7 +106,7 @@ def test_export_errors(tmp_path, capsys):
 def test_exported_file_and_run_directory_give_the_same_model(run_dir, tmp_path):
     path, _ = run_dir
     out = tmp_path / "demo.npz"
-    checkpoint_sources.export_run(path, out)
+    checkpoints.export_run(path, out)
     from_run = pretrained.load(path)
     from_file = pretrained.load(out)
     assert "recorded with the checkpoint" in from_file.description

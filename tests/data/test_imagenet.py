@@ -4,7 +4,8 @@ import importlib.resources
 
 import pytest
 
-from nfnets_jax import imagenet
+from nfnets_jax import checkpoints
+from nfnets_jax.data import imagenet
 
 
 def tfds_wordnet_ids():
@@ -36,10 +37,10 @@ def test_class_names_are_wordnet_synset_words():
 
 
 def test_released_weights():
-    assert imagenet.released_weights_url("F3") == (
+    assert checkpoints.released_weights_url("F3") == (
         "https://storage.googleapis.com/dm-nfnets/F3_haiku.npz"
     )
-    assert set(imagenet.REPORTED_ACCURACY) == set(imagenet.RELEASED_VARIANTS)
-    assert imagenet.REPORTED_ACCURACY["F0"] == (83.6, 96.8)
+    assert set(checkpoints.REPORTED_ACCURACY) == set(checkpoints.RELEASED_VARIANTS)
+    assert checkpoints.REPORTED_ACCURACY["F0"] == (83.6, 96.8)
     with pytest.raises(ValueError, match="F0, F1, F2, F3, F4, F5, F6"):
-        imagenet.released_weights_url("F7")
+        checkpoints.released_weights_url("F7")

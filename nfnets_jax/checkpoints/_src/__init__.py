@@ -1,0 +1,1 @@
+"""Implementation of `nfnets_jax.checkpoints`; import the public names from there."""
