@@ -27,12 +27,12 @@ import optax
 
 from benchmarks import common
 from nfnets_jax.optim import (
+    IMAGENET_TRAIN_EXAMPLES,
     NFNET_NO_CLIP_PATTERNS,
-    NFNET_NO_DECAY_PATTERNS,
     adaptive_grad_clip,
+    build_optimizer,
     mask_from_patterns,
-    nfnet_optimizer,
-    sgd_agc,
+    nfnet_optimizer_config,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,9 +92,14 @@ def main() -> None:
     grads = jax.tree.map(lambda p: p * 0.02 + 1e-4, params)
     num = sum(p.size for p in jax.tree.leaves(params))
     clip_mask = mask_from_patterns(params, NFNET_NO_CLIP_PATTERNS, invert=True)
-    decay_mask = mask_from_patterns(params, NFNET_NO_DECAY_PATTERNS, invert=True)
-    recipe, _ = nfnet_optimizer(params)
-    plain = sgd_agc(0.1, clipping=None, decay_mask=decay_mask)
+    # ImageNet, batch 4096, 360 epochs; `plain` is the same recipe without AGC.
+    run = dict(
+        batch_size=4096,
+        steps_per_epoch=IMAGENET_TRAIN_EXAMPLES / 4096,
+        total_steps=IMAGENET_TRAIN_EXAMPLES * 360 // 4096,
+    )
+    recipe, _ = build_optimizer(nfnet_optimizer_config(), params, **run)
+    plain, _ = build_optimizer(nfnet_optimizer_config(name="sgd", clipping=None), params, **run)
     with_optax_agc = optax.chain(
         optax.masked(optax.adaptive_grad_clip(0.01, 1e-3), clip_mask), plain
     )

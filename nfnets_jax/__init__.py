@@ -27,7 +27,7 @@ from nfnets_jax.optim import (
     adaptive_grad_clip,
     build_optimizer,
     ema_update,
-    nfnet_optimizer,
+    nfnet_optimizer_config,
     unitwise_clip,
     unitwise_norm,
 )
@@ -57,7 +57,7 @@ __all__ = [
     "get_model",
     "load_params",
     "models",
-    "nfnet_optimizer",
+    "nfnet_optimizer_config",
     "optim",
     "pretrained",
     "save_params",

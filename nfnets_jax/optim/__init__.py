@@ -1,8 +1,9 @@
 """Optimisation for NFNets: Adaptive Gradient Clipping, parameter groups, schedules, EMA.
 
-``adaptive_grad_clip`` is an optax transformation; ``build_optimizer`` turns an optimizer
-config into the NFNet recipe (AGC -> coupled weight decay -> Nesterov SGD with a
-warmup-cosine schedule) or one of its alternatives; ``ema_update`` is the original EMA.
+``adaptive_grad_clip`` is an optax transformation; ``build_optimizer`` is the one way from
+an optimizer config to the chain: the NFNet recipe (AGC -> coupled weight decay ->
+Nesterov SGD with a warmup-cosine schedule) from ``nfnet_optimizer_config(**overrides)``, or
+one of its alternatives (``OPTIMIZERS``); ``ema_update`` is the original EMA.
 """
 
 from nfnets_jax.optim.agc import (
@@ -26,9 +27,7 @@ from nfnets_jax.optim.optimizer import (
     IMAGENET_TRAIN_EXAMPLES,
     OPTIMIZERS,
     build_optimizer,
-    nfnet_optimizer,
     nfnet_optimizer_config,
-    sgd_agc,
 )
 from nfnets_jax.optim.schedules import (
     SCHEDULES,
@@ -59,10 +58,8 @@ __all__ = [
     "ema_update",
     "labels_from_patterns",
     "mask_from_patterns",
-    "nfnet_optimizer",
     "nfnet_optimizer_config",
     "path_to_str",
-    "sgd_agc",
     "tree_paths",
     "unitwise_clip",
     "unitwise_norm",

@@ -41,9 +41,8 @@ __all__ = [
 ]
 
 Axes = int | Sequence[int]
-# A per-parameter override: {path regex: axes} (first full match wins), or a function
-# (path, leaf) -> axes, or None to keep the default rule for that leaf.
-UnitAxes = Mapping[str, Axes] | Callable[[str, jax.Array], Axes | None]
+# Per-parameter unit layouts: {path regex: axes}, the first full match wins.
+UnitAxes = Mapping[str, Axes]
 
 # Floor on the gradient norm in the rescale factor, from the original SGD_AGC. It prevents
 # 0/0 and only matters for gradient norms below 1e-6 (thresholds that small arise for zero
@@ -103,8 +102,8 @@ def default_unit_axes(shape: Sequence[int]) -> tuple[int, ...]:
         return (0, 1, 2, 3)
     raise ValueError(
         f"AGC has no default unit layout for a parameter of shape {shape} (rank {ndim}); "
-        "pass unit_axes={path_regex: axes} (or a function) to adaptive_grad_clip to say "
-        "which axes form one unit."
+        "pass unit_axes={path_regex: axes} to adaptive_grad_clip to say which axes form "
+        "one unit."
     )
 
 
@@ -179,35 +178,25 @@ def unitwise_clip(
     return jnp.where(grad_norm > max_norm, clipped, grad)
 
 
-def _axes_resolver(
-    unit_axes: UnitAxes | None,
-) -> Callable[[str, jax.Array], tuple[int, ...]]:
+def _axes_resolver(unit_axes: UnitAxes | None) -> Callable[[str, tuple[int, ...]], tuple[int, ...]]:
+    """(path, shape) -> the axes of one unit, from the overrides or the default rule."""
     if unit_axes is None:
-        return lambda path, x: default_unit_axes(jnp.shape(x))
-    if callable(unit_axes):
-
-        def from_fn(path: str, x: jax.Array) -> tuple[int, ...]:
-            axes = unit_axes(path, x)
-            if axes is None:
-                return default_unit_axes(jnp.shape(x))
-            return _normalise_axes(axes, jnp.ndim(x), f"unit_axes({path!r})")
-
-        return from_fn
+        return lambda path, shape: default_unit_axes(shape)
     if not isinstance(unit_axes, Mapping):
         raise TypeError(
-            "unit_axes must be None, a mapping {path_regex: axes} or a function "
-            f"(path, leaf) -> axes | None, got {type(unit_axes)}."
+            f"unit_axes must be None or a mapping {{path_regex: axes}}, got {type(unit_axes)}."
         )
-    patterns = masks.compile_patterns(unit_axes.keys(), "unit_axes")
-    compiled = list(zip(patterns, unit_axes.values(), strict=True))
+    compiled = list(
+        zip(masks.compile_patterns(unit_axes.keys(), "unit_axes"), unit_axes.values(), strict=True)
+    )
 
-    def from_patterns(path: str, x: jax.Array) -> tuple[int, ...]:
+    def resolve(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         for pattern, axes in compiled:
             if pattern.fullmatch(path):
-                return _normalise_axes(axes, jnp.ndim(x), f"unit_axes[{pattern.pattern!r}]")
-        return default_unit_axes(jnp.shape(x))
+                return _normalise_axes(axes, len(shape), f"unit_axes[{pattern.pattern!r}]")
+        return default_unit_axes(shape)
 
-    return from_patterns
+    return resolve
 
 
 def adaptive_grad_clip(
@@ -243,9 +232,9 @@ def adaptive_grad_clip(
         clipping: the threshold ``lambda`` (> 0), e.g. 0.01 for NFNets at batch 4096.
         eps: floor on the parameter norm (the original's 1e-3), so zero-initialised
             parameters get a threshold of ``clipping * eps``.
-        unit_axes: per-parameter unit layout: ``{path_regex: axes}`` (regexes fully
-            matched against ``'module/param'`` paths, first match wins) or a function
-            ``(path, leaf) -> axes | None`` (``None`` keeps the default).
+        unit_axes: per-parameter unit layout ``{path_regex: axes}``: regexes fully
+            matched against ``'module/param'`` paths, first match wins; parameters no
+            regex matches keep :func:`default_unit_axes`.
 
     Returns:
         An ``optax.GradientTransformation`` with :class:`AdaptiveGradClipState`.
@@ -287,7 +276,18 @@ def adaptive_grad_clip(
         )
     if isinstance(eps, int | float) and not eps >= 0:
         raise ValueError(f"adaptive_grad_clip: eps must be >= 0, got {eps}; the default is 1e-3.")
-    resolve_axes = _axes_resolver(unit_axes)
+    unit_axes_of = _axes_resolver(unit_axes)
+
+    def leaf_norms(key_path: Any, g: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(||G_i||, max(||W_i||, eps)) of one parameter, float32, keepdims."""
+        path = masks.path_to_str(key_path)
+        if jnp.shape(g) != jnp.shape(p):
+            raise ValueError(
+                f"adaptive_grad_clip: gradient {path!r} has shape {jnp.shape(g)} but the "
+                f"parameter has shape {jnp.shape(p)}; pass the params the grads belong to."
+            )
+        axes = unit_axes_of(path, jnp.shape(g))
+        return unitwise_norm(g, axes), jnp.maximum(unitwise_norm(p, axes), eps)
 
     def init_fn(params: Any) -> AdaptiveGradClipState:
         del params
@@ -304,33 +304,20 @@ def adaptive_grad_clip(
                 "adaptive_grad_clip needs the current parameters to compute their norms: "
                 "call tx.update(grads, opt_state, params)."
             )
-        flat_g, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        flat_p = treedef.flatten_up_to(params)
-        out, g_norms, p_norms = [], [], []
-        for (path, g), p in zip(flat_g, flat_p, strict=True):
-            name = masks.path_to_str(path)
-            if jnp.shape(g) != jnp.shape(p):
-                raise ValueError(
-                    f"adaptive_grad_clip: gradient {name!r} has shape {jnp.shape(g)} but the "
-                    f"parameter has shape {jnp.shape(p)}; pass the params the grads belong to."
-                )
-            axes = resolve_axes(name, g)
-            g_norm = unitwise_norm(g, axes)
-            p_norm = jnp.maximum(unitwise_norm(p, axes), eps)
-            out.append(unitwise_clip(g, g_norm, p_norm * clipping))
-            g_norms.append(g_norm.ravel())
-            p_norms.append(p_norm.ravel())
+        # One (g_norm, p_norm) pair in place of each leaf of `updates`.
+        norms = jax.tree_util.tree_map_with_path(leaf_norms, updates, params)
+        clipped = jax.tree.map(lambda g, n: unitwise_clip(g, n[0], n[1] * clipping), updates, norms)
         # Logging only: computed beside the update from the same norms, never fed into it.
         # One concatenation keeps the compiled program small for trees of hundreds of leaves.
-        if sum(n.size for n in g_norms):
-            g_all, p_all = jnp.concatenate(g_norms), jnp.concatenate(p_norms)
+        flat = [n.ravel() for n in jax.tree.leaves(norms)]  # g0, p0, g1, p1, ...
+        if flat:
+            g_all, p_all = jnp.concatenate(flat[0::2]), jnp.concatenate(flat[1::2])
             clip_fraction = jnp.mean(g_all > p_all * clipping, dtype=jnp.float32)
             # 0/0 (zero gradient on a zero parameter with eps=0) counts as ratio 0.
             max_ratio = jnp.max(jnp.where(g_all > 0, g_all / p_all, 0.0), initial=0.0)
         else:  # Everything masked out (or empty): nothing was seen, nothing was clipped.
             clip_fraction = jnp.zeros((), jnp.float32)
             max_ratio = jnp.zeros((), jnp.float32)
-        new_updates = jax.tree_util.tree_unflatten(treedef, out)
-        return new_updates, AdaptiveGradClipState(clip_fraction, max_ratio)
+        return clipped, AdaptiveGradClipState(clip_fraction, max_ratio)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -1,4 +1,8 @@
-"""The NFNet optimizer recipe, and a config-driven builder for it and its alternatives.
+"""The NFNet optimizer recipe and its alternatives, built from one config.
+
+``build_optimizer(opt_config, params, *, batch_size, steps_per_epoch, total_steps)`` is
+the one way from an optimizer config to ``(tx, lr_schedule)``; ``nfnet_optimizer_config()``
+is the NFNet config (pass keyword overrides, or edit the ``ConfigDict`` it returns).
 
 The recipe (``SGD_AGC`` of the original, section 4.2 of ``../shared/spec/nfnets.md``) is,
 per step with gradients ``g`` and parameters ``p``:
@@ -23,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -31,15 +36,13 @@ import ml_collections
 import optax
 
 from nfnets_jax.optim import masks, schedules
-from nfnets_jax.optim.agc import UnitAxes, adaptive_grad_clip
+from nfnets_jax.optim.agc import adaptive_grad_clip
 
 __all__ = [
     "IMAGENET_TRAIN_EXAMPLES",
     "OPTIMIZERS",
     "build_optimizer",
-    "nfnet_optimizer",
     "nfnet_optimizer_config",
-    "sgd_agc",
 ]
 
 # ImageNet-1k (ILSVRC 2012) training split size, used for steps per epoch.
@@ -47,8 +50,6 @@ IMAGENET_TRAIN_EXAMPLES = 1_281_167
 # Linear scaling rule lr = base_lr * batch / 256 (Goyal et al., arXiv:1706.02677), as in
 # the original's lr_scale_by_bs.
 _LR_REFERENCE_BATCH = 256
-
-Mask = Any  # A tree of bools, or a callable params -> tree of bools, as optax.masked takes.
 
 # Keys every optimizer reads, with defaults (None marks a required key).
 _COMMON_KEYS: dict[str, Any] = {
@@ -78,20 +79,28 @@ _OPTIMIZER_KEYS: dict[str, dict[str, Any]] = {
 OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZER_KEYS)
 
 
-def nfnet_optimizer_config() -> ml_collections.ConfigDict:
-    """The NFNet optimizer settings as a config (experiment_nfnets.py and the paper).
+def nfnet_optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The NFNet optimizer config (experiment_nfnets.py and the paper), for build_optimizer.
+
+    Without arguments: SGD + AGC, base lr 0.1 scaled by batch/256, Nesterov momentum 0.9,
+    coupled weight decay 2e-5, clipping 0.01, eps 1e-3, warmup-cosine schedule (5 warmup
+    epochs from 0, down to 0) and the NFNet parameter groups. Keyword overrides are
+    applied with ``ConfigDict.update``, so a ``schedule`` dict is merged key by key into
+    the NFNet schedule (assign ``cfg.schedule = dict(name=...)`` to replace it). Keys are
+    checked by :func:`build_optimizer`.
+
+    Args:
+        **overrides: ``opt_config`` keys to change, e.g. ``clipping=0.02``.
 
     Returns:
-        An unlocked ``ConfigDict``: SGD + AGC, base lr 0.1 scaled by batch/256, Nesterov
-        momentum 0.9, coupled weight decay 2e-5, clipping 0.01, eps 1e-3, warmup-cosine
-        schedule (5 warmup epochs from 0, down to 0) and the NFNet parameter groups.
+        An unlocked ``ConfigDict``.
 
     Example:
-        >>> cfg = nfnet_optimizer_config()
-        >>> cfg.name, cfg.clipping, cfg.schedule.warmup_epochs
-        ('sgd_agc', 0.01, 5.0)
+        >>> cfg = nfnet_optimizer_config(clipping=0.02, schedule=dict(warmup_epochs=1.0))
+        >>> cfg.name, cfg.clipping, cfg.schedule.name, cfg.schedule.warmup_epochs
+        ('sgd_agc', 0.02, 'warmup_cosine', 1.0)
     """
-    return ml_collections.ConfigDict(
+    config = ml_collections.ConfigDict(
         dict(
             name="sgd_agc",
             base_lr=0.1,
@@ -107,60 +116,8 @@ def nfnet_optimizer_config() -> ml_collections.ConfigDict:
             allow_unmatched_patterns=False,
         )
     )
-
-
-def sgd_agc(
-    learning_rate: float | optax.Schedule,
-    *,
-    momentum: float | None = 0.9,
-    nesterov: bool = True,
-    weight_decay: float | None = 2e-5,
-    clipping: float | None = 0.01,
-    eps: float = 1e-3,
-    decay_mask: Mask | None = None,
-    clip_mask: Mask | None = None,
-    unit_axes: UnitAxes | None = None,
-) -> optax.GradientTransformation:
-    """SGD with AGC, coupled weight decay and PyTorch-style (Nesterov) momentum.
-
-    .. math::
-        g &\\leftarrow \\mathrm{AGC}_{\\lambda,\\epsilon}(g) \\quad\\text{(where clip\\_mask)} \\\\
-        g &\\leftarrow g + w\\,p \\quad\\text{(where decay\\_mask)} \\\\
-        b &\\leftarrow \\mu b + g, \\qquad g \\leftarrow g + \\mu b \\text{ (Nesterov) or } b \\\\
-        p &\\leftarrow p - \\eta(t)\\, g
-
-    Args:
-        learning_rate: a float or an optax schedule of the update count (0 first).
-        momentum: momentum ``mu`` (None or 0: plain SGD).
-        nesterov: use ``g + mu * buf`` instead of ``buf``.
-        weight_decay: coupled L2 coefficient ``w`` (None or 0: none).
-        clipping: AGC threshold ``lambda`` (None: no AGC, i.e. the original ``SGD``).
-        eps: AGC floor on parameter norms.
-        decay_mask: bool tree (or callable) of parameters to decay; None decays all.
-        clip_mask: bool tree (or callable) of parameters to clip; None clips all.
-        unit_axes: AGC unit-layout overrides, see :func:`adaptive_grad_clip`.
-
-    Returns:
-        An ``optax.GradientTransformation``; call ``update(grads, state, params)``.
-
-    Example:
-        >>> import jax.numpy as jnp, optax
-        >>> params = {'fc': {'w': jnp.ones((2, 2))}}
-        >>> tx = sgd_agc(0.1, clipping=None, weight_decay=None, momentum=0.9)
-        >>> u, _ = tx.update({'fc': {'w': jnp.ones((2, 2))}}, tx.init(params), params)
-        >>> round(float(u['fc']['w'][0, 0]), 6)  # -lr * (1 + 0.9) on the first step
-        -0.19
-    """
-    parts = []
-    if clipping is not None:
-        agc = adaptive_grad_clip(clipping, eps, unit_axes=unit_axes)
-        parts.append(agc if clip_mask is None else optax.masked(agc, clip_mask))
-    if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-    if momentum:
-        parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return optax.chain(*parts)
+    config.update(overrides)
+    return config
 
 
 def _number(name: str, value: Any, *, minimum: float = 0.0, maximum: float | None = None) -> float:
@@ -181,12 +138,15 @@ def _read_config(opt_config: Mapping[str, Any] | ml_collections.ConfigDict) -> d
         raise ValueError(
             f"opt_config.name: unknown optimizer {name!r}; choose one of {OPTIMIZERS}."
         )
-    all_keys = set(_COMMON_KEYS).union(*(set(k) for k in _OPTIMIZER_KEYS.values()))
-    unknown = sorted(set(values) - all_keys)
+    all_keys = sorted(set(_COMMON_KEYS).union(*_OPTIMIZER_KEYS.values()))
+    unknown = sorted(set(values) - set(all_keys))
     if unknown:
+        close = {k: difflib.get_close_matches(k, all_keys, n=1) for k in unknown}
+        hints = ", ".join(f"{m[0]!r} for {k!r}" for k, m in close.items() if m)
+        hint = f" (did you mean {hints}?)" if hints else ""
         mine = sorted(set(_COMMON_KEYS) | set(_OPTIMIZER_KEYS[name]))
         raise ValueError(
-            f"opt_config: unknown key(s) {unknown} for optimizer {name!r}; it reads {mine}."
+            f"opt_config: unknown key(s) {unknown} for optimizer {name!r}{hint}; it reads {mine}."
         )
     defaults = {**_COMMON_KEYS, **_OPTIMIZER_KEYS[name]}
     missing = sorted(k for k, d in defaults.items() if d is None and values.get(k) is None)
@@ -221,9 +181,12 @@ def build_optimizer(
       False: a typo raises instead of silently changing the groups).
     - ``momentum``, ``nesterov`` (``sgd*``, ``lars``); ``b1``, ``b2``, ``adam_eps``
       (``adamw``, ``lamb``); ``trust_coefficient``, ``lars_eps`` (``lars``). Keys of
-      another optimizer are ignored; keys no optimizer reads raise.
+      another optimizer are ignored (switching ``name`` is enough); a key no optimizer
+      reads raises ``ValueError`` naming it and the closest known key.
 
-    Masks are built once here, from the paths of ``params``.
+    Masks are built once here, from the paths of ``params``. The NFNet training length
+    is ``(examples * epochs) // batch_size`` steps (112,602 for ImageNet, 360 epochs,
+    batch 4096) with ``steps_per_epoch = examples / batch_size``, as in the original.
 
     Args:
         opt_config: the optimizer config.
@@ -241,13 +204,17 @@ def build_optimizer(
             that match no parameter.
 
     Example:
+        The NFNet recipe on ImageNet at batch 4096 for 360 epochs (pass overrides to
+        ``nfnet_optimizer_config``, e.g. ``clipping=0.02``, for a variant):
+
         >>> import jax.numpy as jnp
         >>> params = {'NFNet/~/conv': {'w': jnp.ones((3, 3, 2, 4)), 'bias': jnp.zeros(4)},
         ...           'NFNet/~/linear': {'w': jnp.ones((4, 10)), 'b': jnp.zeros(10)}}
+        >>> n = IMAGENET_TRAIN_EXAMPLES
         >>> tx, lr = build_optimizer(nfnet_optimizer_config(), params, batch_size=4096,
-        ...                          steps_per_epoch=1281167 / 4096, total_steps=112602)
-        >>> round(float(lr(1564)), 4)
-        1.6
+        ...                          steps_per_epoch=n / 4096, total_steps=n * 360 // 4096)
+        >>> round(float(lr(1)), 7), round(float(lr(1564)), 4)
+        (0.0010231, 1.6)
     """
     cfg = _read_config(opt_config)
     name = cfg["name"]
@@ -306,15 +273,14 @@ def build_optimizer(
         agc = optax.masked(adaptive_grad_clip(clipping, _number("eps", cfg["eps"])), clip_mask)
 
     if name in ("sgd", "sgd_agc"):
+        # g += wd * p (coupled); buf = mu * buf + g; g = g + mu * buf (Nesterov) or buf.
         momentum = _number("momentum", cfg["momentum"] or 0.0, maximum=1.0)
-        tx = sgd_agc(
-            lr,
-            momentum=momentum,
-            nesterov=bool(cfg["nesterov"]),
-            weight_decay=weight_decay,
-            clipping=None,
-            decay_mask=decay_mask,
-        )
+        parts = []
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+        if momentum:
+            parts.append(optax.trace(decay=momentum, nesterov=bool(cfg["nesterov"])))
+        tx = optax.chain(*parts, optax.scale_by_learning_rate(lr))
     elif name in ("adamw", "lamb"):
         make = optax.adamw if name == "adamw" else optax.lamb
         tx = make(
@@ -339,72 +305,3 @@ def build_optimizer(
     if agc is not None:
         tx = optax.chain(agc, tx)
     return tx, lr
-
-
-def nfnet_optimizer(
-    params: Any,
-    *,
-    batch_size: int = 4096,
-    num_epochs: float = 360,
-    num_train_examples: int = IMAGENET_TRAIN_EXAMPLES,
-    base_lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 2e-5,
-    clipping: float = 0.01,
-    eps: float = 1e-3,
-    warmup_epochs: float = 5.0,
-    no_decay_patterns: tuple[str, ...] = masks.NFNET_NO_DECAY_PATTERNS,
-    no_clip_patterns: tuple[str, ...] = masks.NFNET_NO_CLIP_PATTERNS,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The NFNet recipe in keyword form (no config needed).
-
-    Training length is ``(num_train_examples * num_epochs) // batch_size`` steps (112,602
-    for ImageNet, 360 epochs, batch 4096) and the warmup ``warmup_epochs *
-    num_train_examples / batch_size`` steps (1563.92), as in the original.
-
-    Args:
-        params: the parameter tree (only its paths are read).
-        batch_size: global batch size; the peak lr is ``base_lr * batch_size / 256``.
-        num_epochs: training epochs.
-        num_train_examples: training-set size (ImageNet's 1,281,167 by default).
-        base_lr: learning rate per 256 examples.
-        momentum: Nesterov momentum.
-        weight_decay: coupled weight decay, skipped on ``no_decay_patterns``.
-        clipping: AGC threshold, skipped on ``no_clip_patterns``.
-        eps: AGC floor on parameter norms.
-        warmup_epochs: linear warmup from 0.
-        no_decay_patterns: regexes of parameters without weight decay.
-        no_clip_patterns: regexes of parameters without AGC.
-
-    Returns:
-        ``(tx, lr_schedule)`` as :func:`build_optimizer`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> params = {'NFNet/~/conv': {'w': jnp.ones((3, 3, 2, 4)), 'gain': jnp.ones(4)},
-        ...           'NFNet/~/linear': {'w': jnp.ones((4, 10)), 'b': jnp.zeros(10)}}
-        >>> tx, lr = nfnet_optimizer(params)
-        >>> round(float(lr(1)), 7)
-        0.0010231
-    """
-    config = nfnet_optimizer_config()
-    config.update(
-        dict(
-            base_lr=base_lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            clipping=clipping,
-            eps=eps,
-            no_decay_patterns=list(no_decay_patterns),
-            no_clip_patterns=list(no_clip_patterns),
-        )
-    )
-    config.schedule.warmup_epochs = float(warmup_epochs)
-    total_steps = int((num_train_examples * num_epochs) // batch_size)
-    return build_optimizer(
-        config,
-        params,
-        batch_size=batch_size,
-        steps_per_epoch=num_train_examples / batch_size,
-        total_steps=total_steps,
-    )

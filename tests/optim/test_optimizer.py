@@ -10,13 +10,14 @@ import optax
 import pytest
 
 from nfnets_jax.optim import (
+    IMAGENET_TRAIN_EXAMPLES,
+    NFNET_NO_CLIP_PATTERNS,
+    NFNET_NO_DECAY_PATTERNS,
     OPTIMIZERS,
     adaptive_grad_clip,
     build_optimizer,
     mask_from_patterns,
-    nfnet_optimizer,
     nfnet_optimizer_config,
-    sgd_agc,
 )
 from tests.optim import reference as ref
 
@@ -46,6 +47,14 @@ FEW = [
 def few_params(seed):
     params = ref.small_nfnet_params(seed=seed)
     return {k: params[k] for k in FEW}
+
+
+# ImageNet, batch 4096, 360 epochs: the original's 112,602 steps of 312.78 per epoch.
+NFNET_RUN = dict(
+    batch_size=4096,
+    steps_per_epoch=IMAGENET_TRAIN_EXAMPLES / 4096,
+    total_steps=IMAGENET_TRAIN_EXAMPLES * 360 // 4096,
+)
 
 
 def run_steps(tx, params, grads_list):
@@ -125,7 +134,8 @@ def test_spec_one_step_check_on_f0_leaves():
             params[path] = np.ones(shapes[path], np.float32)
         else:
             params[path] = np.zeros(shapes[path], np.float32)
-    tx, lr = nfnet_optimizer(ref.nest(params))
+    tx, lr = build_optimizer(nfnet_optimizer_config(), ref.nest(params), **NFNET_RUN)
+    assert NFNET_RUN["total_steps"] == 112_602
     assert float(lr(1000)) == pytest.approx(1.02307, abs=5e-6)
     jp = to_jax(params)
     state = optax.tree_utils.tree_set(tx.init(jp), count=jnp.asarray(1000, jnp.int32))
@@ -227,28 +237,112 @@ def test_lamb_and_lars_with_agc_are_the_explicit_optax_chains(name):
     assert all(0.2 < c < 0.9 for c in clipped), clipped
 
 
-def test_nfnet_optimizer_equals_the_config_path_and_frozen_configs_work():
+def test_nfnet_recipe_is_the_explicit_optax_chain_with_the_same_state_layout():
+    # The chain (and so the opt_state a checkpoint holds) is AGC -> (decay, Nesterov, lr).
+    params = few_params(seed=12)
+    grads = [ref.random_grads(params, seed=13), ref.random_grads(params, seed=14)]
+    tx, lr = build_optimizer(nfnet_optimizer_config(), ref.nest(params), **NFNET_RUN)
+    tree = ref.nest(params)
+    clip = mask_from_patterns(tree, NFNET_NO_CLIP_PATTERNS, invert=True)
+    decay = mask_from_patterns(tree, NFNET_NO_DECAY_PATTERNS, invert=True)
+    explicit = optax.chain(
+        optax.masked(adaptive_grad_clip(0.01, 1e-3), clip),
+        optax.chain(
+            optax.add_decayed_weights(2e-5, mask=decay),
+            optax.trace(decay=0.9, nesterov=True),
+            optax.scale_by_learning_rate(lr),
+        ),
+    )
+    jp = to_jax(params)
+    assert jax.tree.structure(tx.init(jp)) == jax.tree.structure(explicit.init(jp))
+    built, _ = run_steps(tx, params, grads)
+    want, _ = run_steps(explicit, params, grads)
+    for path in params:
+        np.testing.assert_array_equal(built[1][path], want[1][path], err_msg=path)
+
+
+def test_overrides_equal_edits_and_frozen_or_plain_configs_work():
     params = few_params(seed=9)
     grads = [ref.random_grads(params, seed=10)] * 2
-    kw = dict(batch_size=4096, steps_per_epoch=1281167 / 4096, total_steps=112602)
-    frozen = ml_collections.FrozenConfigDict(nfnet_optimizer_config())
-    a, lr_a = nfnet_optimizer(ref.nest(params))
-    b, lr_b = build_optimizer(frozen, ref.nest(params), **kw)
-    ha, _ = run_steps(a, params, grads)
-    hb, _ = run_steps(b, params, grads)
-    for path in params:
-        np.testing.assert_array_equal(ha[1][path], hb[1][path])
-    assert float(lr_a(56301)) == float(lr_b(56301)) == pytest.approx(0.8177, abs=1e-4)
+    by_overrides = nfnet_optimizer_config(clipping=0.02, schedule=dict(warmup_epochs=1.0))
+    edited = nfnet_optimizer_config()
+    edited.clipping = 0.02
+    edited.schedule.warmup_epochs = 1.0
+    assert by_overrides.to_dict() == edited.to_dict()
+    results = [
+        build_optimizer(config, ref.nest(params), **NFNET_RUN)
+        for config in (
+            by_overrides,
+            ml_collections.FrozenConfigDict(edited),
+            edited.to_dict(),
+        )
+    ]
+    histories = [run_steps(tx, params, grads)[0] for tx, _ in results]
+    for history in histories[1:]:
+        for path in params:
+            np.testing.assert_array_equal(history[1][path], histories[0][1][path])
+    # Warmup ends at 312.78 steps instead of 1563.92: lr(313) is the peak 1.6 already.
+    assert [float(lr(313)) for _, lr in results] == [pytest.approx(1.6, abs=1e-4)] * 3
+    _, lr = build_optimizer(nfnet_optimizer_config(), ref.nest(params), **NFNET_RUN)
+    assert float(lr(56301)) == pytest.approx(0.8177, abs=1e-4)
+    # The schedule override was merged into the NFNet schedule, not put in its place.
+    assert by_overrides.schedule.to_dict() == dict(
+        name="warmup_cosine", warmup_epochs=1.0, start_val=0.0, min_val=0.0
+    )
 
 
-def test_sgd_agc_keyword_form():
+def test_sgd_agc_without_momentum_decay_or_groups():
     params = {"m": {"w": jnp.array([[3.0], [4.0]]), "b": jnp.zeros(1)}}
     grads = {"m": {"w": jnp.array([[30.0], [40.0]]), "b": jnp.ones(1)}}
-    tx = sgd_agc(1.0, momentum=None, weight_decay=None, clipping=0.1)
+    config = nfnet_optimizer_config(
+        base_lr=1.0,
+        lr_scale_by_bs=False,
+        momentum=None,
+        weight_decay=None,
+        clipping=0.1,
+        no_decay_patterns=[],
+        no_clip_patterns=[],
+    )
+    config.schedule = dict(name="constant")
+    tx, _ = build_optimizer(config, params, batch_size=8, steps_per_epoch=1.0, total_steps=10)
     u, _ = tx.update(grads, tx.init(params), params)
     # w: unit norm 50 clipped to 0.1 * 5 = 0.5; b: zero param, clipped to 0.1 * 1e-3.
     np.testing.assert_allclose(u["m"]["w"], [[-0.3], [-0.4]], rtol=1e-6)
     np.testing.assert_allclose(u["m"]["b"], [-1e-4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd_agc", "sgd", "adamw", "lamb", "lars"])
+def test_unknown_key_is_one_error_naming_it_with_the_closest_key(name):
+    params = ref.nest(few_params(seed=0))
+    kw = dict(batch_size=256, steps_per_epoch=10.0, total_steps=100)
+    config = {**nfnet_optimizer_config(name=name).to_dict(), "weight_decy": 1e-5}
+    if name != "sgd_agc":
+        config["clipping"] = None
+    mine = {
+        "sgd_agc": ["momentum", "nesterov"],
+        "sgd": ["momentum", "nesterov"],
+        "adamw": ["adam_eps", "b1", "b2"],
+        "lamb": ["adam_eps", "b1", "b2"],
+        "lars": ["lars_eps", "momentum", "nesterov", "trust_coefficient"],
+    }[name]
+    reads = sorted(
+        ["name", "base_lr", "lr_scale_by_bs", "schedule", "weight_decay", "no_decay_patterns"]
+        + ["clipping", "eps", "no_clip_patterns", "allow_unmatched_patterns"]
+        + mine
+    )
+    with pytest.raises(ValueError) as error:
+        build_optimizer(config, params, **kw)
+    assert str(error.value) == (
+        f"opt_config: unknown key(s) ['weight_decy'] for optimizer {name!r} (did you mean "
+        f"'weight_decay' for 'weight_decy'?); it reads {reads}."
+    )
+    # A key like nothing known gets no suggestion; several unknown keys, one error.
+    with pytest.raises(ValueError) as error:
+        build_optimizer({**config, "zzz": 1}, params, **kw)
+    assert str(error.value).startswith(
+        f"opt_config: unknown key(s) ['weight_decy', 'zzz'] for optimizer {name!r} "
+        "(did you mean 'weight_decay' for 'weight_decy'?); it reads"
+    )
 
 
 def test_build_optimizer_errors():
