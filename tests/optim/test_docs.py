@@ -1,25 +1,18 @@
-"""The README's AGC guide actually runs (docstring examples: tests/test_docstring_examples.py)."""
-
-import pathlib
-import re
+"""The AGC guide, docs/optim.md, runs as written (docstrings: tests/test_docstring_examples.py)."""
 
 import numpy as np
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+from tests.doc_blocks import REPO, code_blocks
+
+GUIDE = REPO / "docs" / "optim.md"
 
 
-def readme_section_code(title: str) -> list[str]:
-    text = README.read_text()
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
-
-
-def test_readme_agc_guide_runs(capsys):
-    blocks = readme_section_code("Adaptive Gradient Clipping")
+def test_agc_guide_runs(capsys):
+    blocks = code_blocks(GUIDE, "python")
     assert len(blocks) == 2
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block, str(GUIDE), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     # All-ones gradients: every unit AGC sees (16 stem channels, gain, bias, fc bias) is
     # above its threshold (the fc weight is masked out); the largest ratio is the zero
