@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from nfnets_jax import weights
-from nfnets_jax.training.config import ConfigError
+from nfnets_jax.training.config import ConfigError, config_from_json
 
 __all__ = ["Teacher", "load_teacher", "save_model_variables", "split_variables"]
 
@@ -172,7 +172,7 @@ def _read_run_config(run_dir: str) -> ml_collections.ConfigDict:
             "point it at a run directory of this project or at a weights file."
         )
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return config_from_json(json.load(f))
 
 
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> Teacher:

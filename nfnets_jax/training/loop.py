@@ -110,8 +110,8 @@ def train_iterator(
 ):
     """This process's stream of training batches, starting at batch `start_step`.
 
-    `config.dataset.seed` must be resolved (>= 0; `train_and_evaluate` draws and records
-    one for -1), so the stream is reproducible and a resume continues it exactly.
+    `config.dataset.seed` must be resolved (set; `train_and_evaluate` draws and records
+    one when unset), so the stream is reproducible and a resume continues it exactly.
     """
     return data.train_iterator(
         config.dataset.name,
@@ -123,7 +123,7 @@ def train_iterator(
         train_preproc=config.dataset.train_preproc,
         augment_name=config.dataset.augment_name or None,
         augment_before_mix=config.dataset.augment_before_mix,
-        seed=None if config.dataset.seed < 0 else config.dataset.seed,
+        seed=config.dataset.seed,
         start_step=start_step,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -191,7 +191,7 @@ def _resolve_data_seed(config: ml_collections.ConfigDict, recorded: int | None) 
     """
     configured = config.dataset.seed
     recorded = recorded if isinstance(recorded, int) and recorded >= 0 else None
-    if configured >= 0:
+    if configured is not None:
         if recorded is not None and recorded != configured:
             logging.warning(
                 "Resuming with dataset.seed=%d but the checkpoint was written with seed %d: "
