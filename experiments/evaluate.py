@@ -37,14 +37,14 @@ def config_for_checkpoint(checkpoint: str):
     from experiments.configs import common
     from nfnets_jax import checkpoints
     from nfnets_jax.data import imagenet
-    from nfnets_jax.training.config import ConfigError
+    from nfnets_jax.training.config import ConfigError, config_from_json
 
     if checkpoints.is_run_directory(checkpoint):
         for directory in (checkpoint, os.path.dirname(os.path.abspath(checkpoint))):
             path = os.path.join(directory, "config.json")
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
-                    return ml_collections.ConfigDict(json.load(f)), f"the run's {path}"
+                    return config_from_json(json.load(f)), f"the run's {path}"
         raise ConfigError(f"{checkpoint} has no config.json: pass --config=...")
     if not os.path.isfile(checkpoint):
         raise checkpoints.CheckpointNotFoundError(
@@ -75,7 +75,7 @@ def config_for_checkpoint(checkpoint: str):
     return config, origin
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.evaluate",
         description=(
@@ -94,18 +94,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="also write the results to this JSON")
     parser.add_argument("--verbose", action="store_true", help="show library start-up output")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """This command's own arguments, and the others (the `--config.*` overrides)."""
+    return _parser().parse_known_args(argv)
 
 
 def _evaluate(argv: list[str]) -> int:
+    from experiments import configs
     from nfnets_jax.training import config as config_lib
 
-    spec, overrides, rest = config_lib.split_config_args(argv)
-    args = parse_args(rest[1:])
+    spec, rest = configs.pop_config_spec(argv)
+    args, others = parse_args(rest[1:])
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl.app
-    from experiments import configs
     from nfnets_jax.training import evaluation, writers
 
     writers.quiet_library_logs()
@@ -113,7 +118,9 @@ def _evaluate(argv: list[str]) -> int:
         config, origin = configs.load_config(spec), f"--config={spec}"
     else:
         config, origin = config_for_checkpoint(args.checkpoint)
-    config_lib.apply_overrides(config, overrides)
+    unknown = config_lib.parse_config_flags(config, [argv[0], *others])[1:]
+    if unknown:
+        _parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     results = evaluation.evaluate_checkpoint(config, args.checkpoint, use_ema=args.ema)
     results["config"] = origin
     print(f"Checkpoint: {results['checkpoint']}")

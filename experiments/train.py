@@ -68,18 +68,15 @@ def main(argv: list[str]) -> int:
 
 
 def run(argv: list[str]) -> None:
-    """Parses `--config` and its overrides, then hands the other flags to absl."""
+    """Reads `--config` and its overrides (with config_flags), then hands the rest to absl."""
     cli.quiet_console(cli.wants_verbose(argv))
     rest: list[str] = []
 
     def load() -> None:
         # Imported after quiet_console: they load TensorFlow.
         from experiments import configs
-        from nfnets_jax.training import config as config_lib
 
-        spec, overrides, remaining = config_lib.split_config_args(argv)
-        config = configs.load_config(spec)
-        config_lib.apply_overrides(config, overrides)
+        config, remaining = configs.config_from_argv(argv)
         _CONFIG.append(config)
         rest.extend(remaining)
 

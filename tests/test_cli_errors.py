@@ -62,6 +62,12 @@ ROWS = [
     ("unknown key", [*TRAIN, "--config.trian_steps=3"], 2, "Unknown config key 'trian_steps'"),
     ("wrong type", [*TRAIN, "--config.train_batch_size=abc"], 2, "expected an integer"),
     (
+        "unset field, wrong type",
+        [*TRAIN, "--config.dataset.seed=abc"],
+        2,
+        "--config.dataset.seed=abc: expected an integer.",
+    ),
+    (
         "batch not divisible",
         [*TRAIN, "--config.train_batch_size=18"],
         2,

@@ -1,4 +1,9 @@
-"""Named experiment presets and config loading for `--config=NAME` or `path.py[:arg]`."""
+"""Named experiment presets and config loading for `--config=NAME` or `path.py[:arg]`.
+
+The entry points read their config with :func:`config_from_argv`: `--config=SPEC` (a
+preset name, or a config file `path.py[:arg]`) is built here, and its `--config.a.b=value`
+overrides go to `ml_collections.config_flags` (`nfnets_jax.training.config`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import difflib
 import importlib
 import importlib.util
 import os
+from collections.abc import Sequence
 
 import ml_collections
 
+from nfnets_jax.training import config as config_lib
 from nfnets_jax.training.config import ConfigError
 
 _NFNET_VARIANTS = [f"F{i}" for i in range(8)]
@@ -77,3 +84,45 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         f"Unknown config {spec!r}.{hint} Presets: {', '.join(PRESETS)}; or pass a file "
         "path/to/config.py[:arg]."
     )
+
+
+def pop_config_spec(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Takes `--config=SPEC` (or `--config SPEC`) out of a command line.
+
+    absl's config flag holds a `ConfigDict`, not a preset name: the config is built from
+    SPEC with :func:`load_config`, and the rest of the command line (overrides included)
+    goes to `config_lib.parse_config_flags`.
+
+    Returns:
+      `(spec, rest)`: the last SPEC given (None if none), and `argv` without it.
+    """
+    flag = f"--{config_lib.CONFIG_FLAG}"
+    spec, rest = None, list(argv[:1])
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in (flag, flag[1:]):
+            spec = next(args, "")
+        elif arg.startswith((flag + "=", flag[1:] + "=")):
+            spec = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return spec, rest
+
+
+def config_from_argv(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The config a command line names (`--config=SPEC`), with its overrides applied.
+
+    Args:
+      argv: the command line, program name first: `--config=NAME` or
+        `--config=path.py[:arg]`, any `--config.a.b=value`, and other arguments.
+
+    Returns:
+      `(config, rest)`: the config, and `argv` without `--config` and its overrides.
+
+    Raises:
+      ConfigError: no or an unknown config (with close matches), an unknown key, or a
+        value of the wrong type.
+    """
+    spec, rest = pop_config_spec(argv)
+    config = load_config(spec)
+    return config, config_lib.parse_config_flags(config, rest)

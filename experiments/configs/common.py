@@ -1,12 +1,15 @@
 """Fields every experiment config has, with the NFNet recipe's values as defaults.
 
 Per-family configs (`nfnet.py`, `nf_resnet.py`, `nf_regnet.py`, `demo.py`) start from
-`base_config()` and change what their recipe changes.
+`base_config()` and change what their recipe changes. A field that is unset by default is
+a typed placeholder (`placeholder(int)`): None until set, and type-checked when set, on
+the command line too (`--config.dataset.seed=3`; `--config.dataset.seed=None` unsets it).
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from nfnets_jax import optim
 
@@ -22,7 +25,7 @@ RESNET_IMAGENET_DATA = dict(
     eval_image_size=224,
     train_preproc="inception_crop",
     eval_preproc="crop_resize",
-    augment_name="",
+    augment_name=None,
 )
 
 
@@ -35,23 +38,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict(
         dict(
             name="imagenet2012",
-            data_dir=None,  # tfds data_dir; None uses TFDS_DATA_DIR / ~/tensorflow_datasets.
-            train_split="",  # "" means the dataset's default training split.
-            eval_split="",  # "" means the dataset's default evaluation split.
-            num_classes=-1,  # -1 means the dataset's number of classes.
+            # tfds data_dir; unset: TFDS_DATA_DIR or ~/tensorflow_datasets.
+            data_dir=placeholder(str),
+            train_split=placeholder(str),  # unset: the dataset's default training split.
+            eval_split=placeholder(str),  # unset: the dataset's default evaluation split.
+            num_classes=placeholder(int),  # unset: the dataset's number of classes.
             image_size=224,
             eval_image_size=224,
             train_preproc="inception_crop",
             eval_preproc="crop_resize",
-            augment_name="",
+            augment_name=placeholder(str),  # e.g. "cutmix_mixup_randaugment_405"
             augment_before_mix=False,
-            seed=-1,  # -1: drawn once at the first start, recorded, reused on resume.
+            seed=placeholder(int),  # unset: drawn once at the first start, recorded, reused.
         )
     )
     config.train_batch_size = 4096
     config.eval_batch_size = 1000
     config.num_epochs = 90.0
-    config.num_train_steps = -1  # > 0 overrides num_epochs.
+    config.num_train_steps = placeholder(int)  # set: overrides num_epochs.
     config.grad_accum_steps = 1
 
     config.optimizer = optim.nfnet_optimizer_config()
@@ -66,9 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     # a run directory of this project, or a weights file plus teacher_model(+_kwargs).
     config.distill = ml_collections.ConfigDict(
         dict(
-            teacher_checkpoint="",
-            teacher_model="",
-            teacher_model_kwargs=None,  # a dict, or a dict literal string on the CLI
+            teacher_checkpoint=placeholder(str),
+            teacher_model=placeholder(str),
+            teacher_model_kwargs=placeholder(dict),  # a dict literal on the command line
             teacher_use_ema=True,  # EMA weights of a teacher run directory, if it has them
             temperature=20.0,  # Bag of Tricks, section 5.3
             hard_weight=1.0,  # paper: CE(y) + T^2 CE(teacher/T); GluonCV: both 0.5
@@ -89,5 +93,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.checkpoint_every_secs = 600.0
     config.keep_checkpoints = 3
-    config.init_from = ""  # a released .npz (pickle), an exported .npz or a run directory.
+    # A released .npz (pickle), an exported .npz or a run directory to start from.
+    config.init_from = placeholder(str)
     return config

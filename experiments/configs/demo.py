@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
             eval_image_size=32,
             train_preproc="resize_shift",
             eval_preproc="resize",
-            augment_name="",
+            augment_name=None,
             seed=0,
         )
     )

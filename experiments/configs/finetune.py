@@ -52,7 +52,7 @@ def get_config(variant: str = "F0") -> ml_collections.ConfigDict:
         config.init_from = f"{variant}_haiku.npz"
         config.model_kwargs.stochdepth_rate = FINETUNE_STOCHDEPTH
         config.dataset.update(
-            dict(name=FINETUNE_DATASET, augment_name="", train_preproc="inception_crop")
+            dict(name=FINETUNE_DATASET, augment_name=None, train_preproc="inception_crop")
         )
         config.train_batch_size = FINETUNE_BATCH
         config.eval_batch_size = FINETUNE_BATCH

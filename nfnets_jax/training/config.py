@@ -1,9 +1,13 @@
 """Experiment configs: command-line overrides and start-up validation.
 
-Configs are plain `ml_collections.ConfigDict`s built by `experiments/configs/*.py`. This
-module applies `--config.a.b=value` overrides with clear errors (unknown keys name their
-closest matches; values are parsed to the field's type) and validates a config before
-any data or device work, so mistakes stop a run in its first second with one message.
+Configs are plain `ml_collections.ConfigDict`s built by `experiments/configs/*.py`; a field
+that is unset by default is a typed placeholder (`config_dict.placeholder(int)`: None
+until set, type-checked when set). `--config.a.b=value` overrides are parsed by
+`ml_collections.config_flags` (:func:`parse_config_flags`) with this module's parsers: a
+value is read as its field's type, `None` unsets a field, and each mistake is one
+`ConfigError` (unknown keys name their closest matches). `validate_config` then checks a
+config before any data or device work, so mistakes stop a run in its first second with
+one message.
 """
 
 from __future__ import annotations
@@ -12,16 +16,94 @@ import ast
 import dataclasses
 import difflib
 import inspect
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_dict, config_flags
 
 from nfnets_jax.errors import ConfigError
 
+#: The flag whose `--config.a.b=value` overrides :func:`parse_config_flags` applies.
+CONFIG_FLAG = "config"
+
 # Groups whose keys are open-ended (a model's constructor arguments): overrides may add
-# keys there, e.g. --config.model_kwargs.width_pattern='(32, 64, 128, 128)'.
+# keys there, e.g. --config.model_kwargs.width_pattern='(32, 64, 128, 128)'; validation
+# checks them against the model's signature.
 OPEN_GROUPS = ("model_kwargs",)
+
+_UNSET = ("None", "none", "null")
+_OVERRIDE = re.compile(rf"^--?(?:no)?{CONFIG_FLAG}\.([^=]+)")
+
+
+class _FieldParser(flags.ArgumentParser):
+    """Reads an override as its field's type; `None` unsets the field."""
+
+    def __init__(self, convert: Callable[[str], Any], expected: str):
+        self._convert = convert
+        self._expected = expected
+
+    def parse(self, argument):
+        if not isinstance(argument, str):
+            return argument  # the field's current value, which absl takes as the default
+        if argument.strip() in _UNSET:
+            return None
+        try:
+            return self._convert(argument)
+        except (ValueError, TypeError, SyntaxError):
+            raise ValueError(f"expected {self._expected}.") from None
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "1", "yes"):
+        return True
+    if word in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
+
+
+def _sequence(text: str) -> tuple | list:
+    value = ast.literal_eval(text)
+    return value if isinstance(value, tuple | list) else (value,)
+
+
+def _mapping(text: str) -> dict:
+    value = ast.literal_eval(text)
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
+def _literal(text: str) -> Any:
+    """A Python literal, else the bare text: for fields without a type (set to None)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError):
+        return text
+
+
+_LITERAL = "a Python literal such as '(1, 2)'"
+# Field type -> parser, registered with config_flags (it picks a flag's parser by type).
+_PARSERS = {
+    bool: _FieldParser(_boolean, "true or false"),
+    int: _FieldParser(int, "an integer"),
+    float: _FieldParser(float, "a number"),
+    str: _FieldParser(str, "a string"),
+    tuple: _FieldParser(_sequence, _LITERAL),
+    list: _FieldParser(_sequence, _LITERAL),
+    dict: _FieldParser(_mapping, "a dict literal such as \"{'depth': 152}\""),
+    object: _FieldParser(_literal, _LITERAL),
+}
+
+
+def _group(config: ml_collections.ConfigDict, parts: Sequence[str]):
+    """The group (`ConfigDict`) at the keys `parts` of `config`, or None."""
+    for part in parts:
+        config = config.get(part) if isinstance(config, ml_collections.ConfigDict) else None
+    return config if isinstance(config, ml_collections.ConfigDict) else None
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -34,119 +116,115 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]
     return keys
 
 
-def _parse_value(path: str, text: str, current):
-    """Parses `text` to the type of the field's current value (`None` unsets it)."""
-    if text.strip() in ("None", "none", "null"):
-        return None
-    if isinstance(current, bool):
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--config.{path}={text}: expected true or false.")
-    if isinstance(current, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"--config.{path}={text}: expected an integer.") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"--config.{path}={text}: expected a number.") from None
-    if isinstance(current, str):
-        return text
-    if isinstance(current, tuple | list) or current is None:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            if current is None:
-                return text  # a bare word for a field that is unset by default
+def _prepare_fields(config: ml_collections.ConfigDict, paths: Iterable[str]) -> None:
+    """Checks the overridden keys; gives the untyped ones a parser.
+
+    config_flags reads a value by its field's type, so a field that is None without a
+    type (e.g. `optimizer.clipping=None`, or any field of a run's `config.json`) and a
+    new constructor argument in an open group become `placeholder(object)`, which takes
+    any Python literal or bare text (then checked by `validate_config`).
+    """
+    known = _flat_keys(config)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = _group(config, parents)
+        if node is None or (leaf not in node and ".".join(parents) not in OPEN_GROUPS):
+            close = difflib.get_close_matches(path, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown config key {path!r}.{hint}")
+        if leaf not in node:
+            with node.unlocked():
+                node[leaf] = config_dict.placeholder(object)
+        elif isinstance(node[leaf], ml_collections.ConfigDict):
             raise ConfigError(
-                f"--config.{path}={text}: expected a Python literal such as '(1, 2)'."
-            ) from None
-        if isinstance(current, tuple | list):
-            if not isinstance(value, tuple | list):
-                value = (value,)
-            return type(current)(value)
-        return value
-    raise ConfigError(f"--config.{path}: fields of type {type(current).__name__} cannot be set.")
+                f"--{CONFIG_FLAG}.{path} is a group of settings; set one of its keys, e.g. "
+                f"--{CONFIG_FLAG}.{path}.{next(iter(node[leaf].keys()), 'key')}=..."
+            )
+        elif node.get_type(leaf) is type(None):
+            node[leaf] = config_dict.placeholder(object)
+
+
+def parse_config_flags(config: ml_collections.ConfigDict, argv: Sequence[str]) -> list[str]:
+    """Applies a command line's `--config.a.b=value` overrides to `config`, in order.
+
+    `ml_collections.config_flags.DEFINE_config_dict` parses them, on a `FlagValues` of
+    their own, so the other arguments are left for absl or argparse. Values are read as
+    their field's type (`true`/`false`, integers, numbers, `'(1, 2)'` for sequences,
+    Python literals for untyped fields); `None` unsets a field. In an open group
+    (`model_kwargs`) an override may add a key.
+
+    Args:
+      config: the config to modify (in place; it may be locked).
+      argv: a command line, program name first, without `--config=SPEC` (see
+        `experiments.configs.config_from_argv`).
+
+    Returns:
+      `argv` without the overrides.
+
+    Raises:
+      ConfigError: an unknown key (with close matches), a group given a value, or a
+        value that is not of its field's type.
+    """
+    argv = list(argv)
+    _prepare_fields(config, [m.group(1) for m in map(_OVERRIDE.match, argv[1:]) if m])
+    for field_type, parser in _PARSERS.items():
+        config_flags.register_flag_parser_for_type(field_type, parser)
+    flag_values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict(
+            CONFIG_FLAG, config, flag_values=flag_values, lock_config=False, sys_argv=argv
+        )
+        return flag_values(argv, known_only=True)
+    except flags.Error as error:  # "flag --config.a=x: expected an integer."
+        raise ConfigError(str(error).removeprefix("flag ")) from None
+    except TypeError as error:  # a value the field's type check refuses
+        raise ConfigError(str(error)) from None
 
 
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]
 ) -> ml_collections.ConfigDict:
-    """Sets `a.b.c=value` overrides on `config`, in order.
-
-    Args:
-      config: the config to modify (in place; it may be locked).
-      overrides: `(dotted_path, text)` pairs as typed on the command line.
+    """Sets `(dotted_key, text)` overrides on `config`, as `--config.KEY=TEXT` flags would.
 
     Returns:
       `config`, for chaining.
 
     Raises:
-      ConfigError: an unknown key (with suggestions) or a value of the wrong type.
+      ConfigError: see :func:`parse_config_flags`.
     """
-    known = _flat_keys(config)
-
-    def unknown(path: str) -> ConfigError:
-        close = difflib.get_close_matches(path, known, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return ConfigError(f"Unknown config key {path!r}.{hint}")
-
-    for path, text in overrides:
-        *parents, leaf = path.split(".")
-        node = config
-        for part in parents:
-            child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-            if not isinstance(child, ml_collections.ConfigDict):
-                raise unknown(path)
-            node = child
-        if leaf not in node:
-            if len(parents) != 1 or parents[0] not in OPEN_GROUPS:
-                raise unknown(path)
-            # A constructor argument the preset does not set: validate_config checks it
-            # against the model's signature.
-            with node.unlocked():
-                node[leaf] = _parse_value(path, text, None)
-            continue
-        current = node[leaf]
-        if isinstance(current, ml_collections.ConfigDict):
-            raise ConfigError(
-                f"--config.{path} is a group of settings; set one of its keys, e.g. "
-                f"--config.{path}.{next(iter(current.keys()), 'key')}=..."
-            )
-        with node.unlocked():
-            node[leaf] = _parse_value(path, text, current)
+    flags_ = [f"--{CONFIG_FLAG}.{key}={text}" for key, text in overrides]
+    parse_config_flags(config, ["overrides", *flags_])
     return config
 
 
-def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
-    """Separates `--config=SPEC` and `--config.a.b=value` from the other arguments.
+# Placeholders that runs recorded with a sentinel before they were placeholders: "" or
+# (for the integers) a value <= 0 meant unset.
+_LEGACY_UNSET = (
+    "num_train_steps",
+    "init_from",
+    "dataset.num_classes",
+    "dataset.train_split",
+    "dataset.eval_split",
+    "dataset.augment_name",
+    "distill.teacher_checkpoint",
+    "distill.teacher_model",
+)
 
-    Returns:
-      `(spec, overrides, rest)` with `rest` still holding `argv[0]`.
+
+def config_from_json(data: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A run's recorded `config.json` (parsed) as a config, unset fields None.
+
+    Unset placeholders are recorded as null; older runs recorded `-1` or `""` for them,
+    which become None here too.
     """
-    spec, overrides, rest = None, [], [argv[0]] if argv else []
-    args = list(argv[1:])
-    while args:
-        arg = args.pop(0)
-        if arg.startswith("--config=") or arg == "--config":
-            spec = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
-        elif arg.startswith("--config."):
-            body = arg[len("--config.") :]
-            if "=" in body:
-                key, value = body.split("=", 1)
-            else:
-                if not args:
-                    raise ConfigError(f"{arg} needs a value: {arg}=VALUE.")
-                key, value = body, args.pop(0)
-            overrides.append((key, value))
-        else:
-            rest.append(arg)
-    return spec, overrides, rest
+    config = ml_collections.ConfigDict(data)
+    for path in _LEGACY_UNSET:
+        *parents, leaf = path.split(".")
+        node = _group(config, parents) or {}
+        value = node.get(leaf)
+        if value == "" or (type(value) is int and value <= 0):
+            node[leaf] = None
+    return config
 
 
 def check_kwargs(callable_, kwargs: dict, what: str) -> list[str]:
@@ -165,27 +243,33 @@ def check_kwargs(callable_, kwargs: dict, what: str) -> list[str]:
     return [f"{what} does not accept {', '.join(unknown)} (it takes: {accepted})."]
 
 
-def _positive_int(config, key, problems, allow_zero=False):
-    """`config`'s field at the dotted `key` if it is a positive int, else None (noted)."""
+def _positive_int(config, key, problems, allow_zero=False, unset=""):
+    """`config`'s field at the dotted `key` if it is a positive int, else None (noted).
+
+    With `unset` (what None means, e.g. "the dataset's own"), the field may be None.
+    """
     value = config
     for part in key.split("."):
-        value = value.get(part)
+        value = value[part]
+    if value is None and unset:
+        return None
     ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        problems.append(f"{key} must be an integer {bound}, got {value!r}.")
+        alternative = f", or unset ({unset})" if unset else ""
+        problems.append(f"{key} must be an integer {bound}{alternative}, got {value!r}.")
         return None
     return value
 
 
 def _seed_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems = []
-    for key, value, lowest, note in (
-        ("seed", config.seed, 0, "it seeds the model initialisation"),
-        ("dataset.seed", config.dataset.seed, -1, "or -1 to draw one at the first start"),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            problems.append(f"{key} must be an integer >= {lowest} ({note}), got {value!r}.")
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(
+            f"seed must be an integer >= 0 (it seeds the model initialisation), got {seed!r}."
+        )
+    _positive_int(config, "dataset.seed", problems, allow_zero=True, unset="drawn at first start")
     return problems
 
 
@@ -206,15 +290,7 @@ def _eval_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[
         augment.parse_eval_preproc(config.dataset.eval_preproc)
     except (ValueError, TypeError) as error:
         problems.append(f"dataset.eval_preproc: {error}")
-    classes = config.dataset.num_classes
-    if (
-        isinstance(classes, bool)
-        or not isinstance(classes, int)
-        or not (classes > 0 or classes == -1)
-    ):
-        problems.append(
-            f"dataset.num_classes must be > 0, or -1 for the dataset's own, got {classes!r}."
-        )
+    _positive_int(config, "dataset.num_classes", problems, unset="the dataset's own")
     try:
         model_cls = models.get_model(config.model)
     except (KeyError, ValueError) as error:
@@ -244,7 +320,7 @@ def _train_data_problems(config: ml_collections.ConfigDict, per_device_batch: in
             f"{', '.join(augment.TRAIN_PREPROCS)}."
         )
     try:
-        parsed = augment.parse_augment_name(dataset.augment_name or None)
+        parsed = augment.parse_augment_name(dataset.augment_name)
     except (ValueError, TypeError) as error:
         problems.append(f"dataset.augment_name: {error}")
     else:
@@ -323,23 +399,22 @@ def _refinement_problems(config: ml_collections.ConfigDict) -> list[str]:
     from nfnets_jax.training.losses import SMOOTHING_FORMS, SOFT_LOSSES
 
     problems = []
-    form = config.get("label_smoothing_form", "uniform")
+    form = config.label_smoothing_form
     if form not in SMOOTHING_FORMS:
         problems.append(
             f"label_smoothing_form={form!r} is unknown: use one of {', '.join(SMOOTHING_FORMS)}."
         )
-    alpha = config.get("mixup_alpha", 0.0)
+    alpha = config.mixup_alpha
+    augment_name = config.dataset.augment_name or ""
     if not isinstance(alpha, int | float) or alpha < 0:
         problems.append(f"mixup_alpha must be a number >= 0 (0 = off), got {alpha!r}.")
-    elif alpha > 0 and any(
-        word in str(config.dataset.get("augment_name", "")) for word in ("mixup", "cutmix")
-    ):
+    elif alpha > 0 and any(word in augment_name for word in ("mixup", "cutmix")):
         problems.append(
             f"mixup_alpha={alpha} (in-step batch mixup) and dataset.augment_name="
-            f"{config.dataset.augment_name!r} (pipeline MixUp/CutMix) would mix twice: use one."
+            f"{augment_name!r} (pipeline MixUp/CutMix) would mix twice: use one."
         )
-    distill = config.get("distill")
-    if distill is None or not distill.get("teacher_checkpoint"):
+    distill = config.distill
+    if not distill.teacher_checkpoint:
         return problems
     if not distill.temperature > 0:
         problems.append(f"distill.temperature must be > 0, got {distill.temperature}.")
@@ -422,7 +497,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int):
             problems.append(
                 f"The per-device batch {per_device} is not divisible by grad_accum_steps={accum}."
             )
-    if config.num_epochs <= 0 and config.num_train_steps <= 0:
+    _positive_int(config, "num_train_steps", problems, unset="num_epochs decides")
+    if config.num_train_steps is None and not config.num_epochs > 0:
         problems.append("Set num_epochs > 0 or num_train_steps > 0.")
     if config.parallelism not in PARALLELISMS:
         problems.append(

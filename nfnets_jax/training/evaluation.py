@@ -142,7 +142,7 @@ def evaluate_checkpoint(
     mapper = mapper or parallel.DeviceMapper(config.parallelism)
     checked = config_lib.validate_eval_config(config, num_devices=mapper.num_devices)
     info = checked.info
-    num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
+    num_classes = config.dataset.num_classes or info.num_classes
     eval_model = startup.build_model(config, num_classes, training=False)
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     expected_params, expected_state = jax.eval_shape(

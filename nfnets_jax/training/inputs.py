@@ -30,8 +30,8 @@ def train_iterator(
     """This process's stream of training batches, starting at batch `start_step`.
 
     Args:
-      config: the run's config. `config.dataset.seed` must be resolved (>= 0;
-        `train_and_evaluate` draws and records one for -1), so the stream is
+      config: the run's config. `config.dataset.seed` must be resolved (set;
+        `train_and_evaluate` draws and records one when it is unset), so the stream is
         reproducible and a resume continues it exactly.
       plan: the run's `startup.RunPlan` (per-device batch).
       mapper: the device mapping (local devices, batch layout).
@@ -50,7 +50,7 @@ def train_iterator(
         train_preproc=dataset.train_preproc,
         augment_name=(dataset.augment_name or None) if augment is None else augment,
         augment_before_mix=dataset.augment_before_mix,
-        seed=None if dataset.seed < 0 else dataset.seed,
+        seed=dataset.seed,
         start_step=start_step,
         process_index=jax.process_index(),
         process_count=jax.process_count(),

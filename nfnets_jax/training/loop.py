@@ -118,7 +118,7 @@ def _resolve_data_seed(config: ml_collections.ConfigDict, recorded: int | None) 
     """
     configured = config.dataset.seed
     recorded = recorded if isinstance(recorded, int) and recorded >= 0 else None
-    if configured >= 0:
+    if configured is not None:
         if recorded is not None and recorded != configured:
             logging.warning(
                 "Resuming with dataset.seed=%d but the checkpoint was written with seed %d: "

@@ -78,13 +78,13 @@ def plan_run(
     # Bag-of-Tricks presets count them), or the original's fractional N / batch.
     whole = config.integer_steps_per_epoch
     steps_per_epoch = max(num_train // batch, 1) if whole else num_train / batch
-    if config.num_train_steps > 0:
+    if config.num_train_steps is not None:
         total_steps = config.num_train_steps
     elif whole:
         total_steps = int(steps_per_epoch * config.num_epochs)
     else:
         total_steps = int(num_train * config.num_epochs) // batch
-    num_classes = config.dataset.num_classes if config.dataset.num_classes > 0 else info.num_classes
+    num_classes = config.dataset.num_classes or info.num_classes
     return RunPlan(
         num_classes=num_classes,
         num_train_examples=num_train,
@@ -128,7 +128,7 @@ def _check_warmup(config: ml_collections.ConfigDict, plan: RunPlan) -> None:
     if warmup_steps > 0 and warmup_steps >= plan.total_steps:
         length = (
             f"num_train_steps={config.num_train_steps}"
-            if config.num_train_steps > 0
+            if config.num_train_steps is not None
             else f"num_epochs={config.num_epochs}"
         )
         raise ConfigError(

@@ -94,7 +94,7 @@ def test_bag_of_tricks_presets(
 
 
 def test_whole_steps_per_epoch(num_devices):
-    config = tiny_preset("bot_refined", num_train_steps=-1, num_epochs=2.0)
+    config = tiny_preset("bot_refined", num_train_steps=None, num_epochs=2.0)
     plan = startup.plan_run(config, parallel.DeviceMapper())
     assert plan.steps_per_epoch == 1437 // 8  # digits has 1,437 training images
     assert plan.total_steps == 2 * (1437 // 8)

@@ -26,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
         ({"label_smoothing": 1.5}, "label_smoothing must be in [0, 1)"),
         ({"model": "NFNetX"}, "NFNetX"),
         ({"model_kwargs.depth": 3}, "does not accept depth"),
-        ({"num_epochs": 0.0, "num_train_steps": -1}, "num_epochs > 0 or num_train_steps > 0"),
+        ({"num_epochs": 0.0, "num_train_steps": None}, "num_epochs > 0 or num_train_steps > 0"),
+        ({"num_train_steps": -1}, "num_train_steps must be an integer > 0, or unset"),
     ],
 )
 def test_bad_values_are_reported(overrides, message):
@@ -98,10 +99,10 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"dataset.seed": -2}, "dataset.seed must be an integer >= -1"),
+        ({"dataset.seed": -1}, "dataset.seed must be an integer >= 0, or unset"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"dataset.eval_image_size": 0}, "dataset.eval_image_size must be an integer > 0"),
-        ({"dataset.num_classes": 0}, "dataset.num_classes must be > 0, or -1"),
+        ({"dataset.num_classes": 0}, "dataset.num_classes must be an integer > 0, or unset"),
         ({"checkpoint_every_secs": -1.0}, "checkpoint_every_secs must be a number >= 0"),
         ({"dataset.augment_name": "cutmix_mixup", "train_batch_size": 12}, "must be even"),
         ({"dataset.train_split": "train[2000:]"}, "selects no examples"),

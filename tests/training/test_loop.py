@@ -222,12 +222,12 @@ def test_interrupted_or_failing_run_stops_every_thread_and_keeps_its_checkpoint(
 
 
 def test_default_data_seed_is_drawn_once_recorded_and_reused(tmp_path):
-    config = tiny_config(**{"dataset.seed": -1})
+    config = tiny_config(**{"dataset.seed": None})
     workdir = str(tmp_path)
     first = loop.train_and_evaluate(config, workdir, stop_at_step=2)
     seed = first["data_seed"]
     assert isinstance(seed, int) and seed >= 0
-    assert config.dataset.seed == -1  # the caller's config is left as it was
+    assert config.dataset.seed is None  # the caller's config is left as it was
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["dataset"]["seed"] == seed
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))

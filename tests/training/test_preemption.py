@@ -96,11 +96,11 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
 
 
 def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
-    # The default dataset.seed=-1: the seed is drawn at the first start, recorded, and
+    # The default dataset.seed (unset): the seed is drawn at the first start, recorded, and
     # reused by the resumed run, so the resume is exact without choosing a seed.
     workdir = str(tmp_path / "killed")
     flags = ["--config.checkpoint_every_steps=2", "--config.keep_checkpoints=50"]
-    process = _start(workdir, "--config.dataset.seed=-1", *flags)
+    process = _start(workdir, "--config.dataset.seed=None", *flags)
     _wait_for(lambda: len(_finished_steps(workdir)) >= 2, process)
     process.kill()  # SIGKILL: no handler runs, nothing is flushed.
     process.wait(timeout=30)
@@ -112,7 +112,7 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
         seed = json.load(f)["dataset"]["seed"]
     assert isinstance(seed, int) and seed >= 0
 
-    # Resuming (the same command, seed still -1) continues from the last checkpoint and
+    # Resuming (the same command, seed still unset) continues from the last checkpoint and
     # ends exactly where an uninterrupted run with that seed ends: only the work after
     # step `last` was redone.
     resumed = subprocess.run(
@@ -122,7 +122,7 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
             "experiments.train",
             "--config=tests/training/tiny.py",
             f"--config.num_train_steps={STEPS}",
-            "--config.dataset.seed=-1",
+            "--config.dataset.seed=None",
             *flags,
             f"--workdir={workdir}",
         ],
