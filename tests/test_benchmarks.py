@@ -7,6 +7,8 @@ report consistent figures and update their BENCHMARKS.md section in place.
 import math
 import threading
 
+import pytest
+
 from benchmarks import common, train_throughput
 from tests.training.tiny import tiny_config
 
@@ -25,6 +27,7 @@ def test_median_seconds_calls_warmup_then_steps():
     assert len(calls) == 5 and 0 <= seconds < 1
 
 
+@pytest.mark.slow
 def test_train_throughput_measures_the_runs_own_step():
     config = tiny_config()
     before = set(threading.enumerate())

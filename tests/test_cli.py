@@ -19,6 +19,9 @@ from tests.pretrained_helpers import (
     write_released_layout,
 )
 
+# Commands run end to end in-process (checkpoints, evaluation, JPEG decoding).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = "--config=tests/training/tiny.py"  # the tiny NFNet, on digits
 TOP5 = [945, 281, 1, 517, 0]  # bell pepper, tabby, goldfish, crane, tench

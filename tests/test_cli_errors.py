@@ -310,7 +310,16 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("argv, status, message", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+# The fast tier (`-m "not slow"`) keeps one cheap row per kind of command; every row runs
+# in the full suite.
+FAST_ROWS = ("unknown preset", "unknown key", "tpu_vm: no gcloud")
+
+
+def _param(name, *row):
+    return pytest.param(*row, id=name, marks=() if name in FAST_ROWS else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("argv, status, message", [_param(*r) for r in ROWS])
 def test_a_mistake_is_one_message(files, tmp_path, argv, status, message):
     fill = dict(tmp=str(files), photo=grace_hopper_path())
     argv = [arg.format(**fill) for arg in argv]
@@ -332,6 +341,7 @@ def test_a_mistake_is_one_message(files, tmp_path, argv, status, message):
     assert not os.path.exists(os.path.join(files, "run", "checkpoints")), "work was done"
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_libraries_start_up_banners(files):
     # A command that loads TensorFlow (to decode the image) and JAX (to load the model).
     argv = ["experiments.predict", f"--checkpoint={files}/imagenet.npz", f"{files}/notes.txt"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nfnets_jax import imagenet
+from nfnets_jax.data import imagenet
 from tests.doc_blocks import README, REPO, code_blocks
 from tests.pretrained_helpers import HEAD, sample_images, synthetic_params, write_released_layout
 

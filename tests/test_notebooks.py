@@ -4,9 +4,13 @@ import os
 
 import nbformat
 import numpy as np
+import pytest
 from nbclient import NotebookClient
 
 from tests.pretrained_helpers import HEAD, synthetic_params, write_released_layout
+
+# Each notebook is executed top to bottom.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")

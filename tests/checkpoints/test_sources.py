@@ -46,6 +46,7 @@ def assert_same(tree, expected, offset=0.0):
         np.testing.assert_allclose(flat[key], np.asarray(want[key]) + offset, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_read_run_gives_ema_or_raw_parameters_and_the_spec(run_dir):
     path, raw = run_dir
     ema = checkpoints.read_run(path)
@@ -66,6 +67,7 @@ def test_read_run_gives_ema_or_raw_parameters_and_the_spec(run_dir):
     assert plain.spec == spec  # config.json is found from checkpoints/ too
 
 
+@pytest.mark.slow
 def test_missing_runs_and_steps(run_dir, tmp_path):
     path, _ = run_dir
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"step 3 \(it has"):
@@ -78,6 +80,7 @@ def test_missing_runs_and_steps(run_dir, tmp_path):
         checkpoints.load_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pickle", "npz"])
 def test_export_command_writes_the_released_layout_and_a_spec(run_dir, tmp_path, capsys, fmt):
     path, raw = run_dir
@@ -103,6 +106,7 @@ def test_export_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_exported_file_and_run_directory_give_the_same_model(run_dir, tmp_path):
     path, _ = run_dir
     out = tmp_path / "demo.npz"

@@ -135,6 +135,7 @@ def check_one_step(result, config, workdir):
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["resnet50_gn_pn", "resnet50_ln_pn", "bot_baseline", "bot_efficient"]
 )
@@ -168,6 +169,7 @@ def manual_eval(config, params, model_state):
     return float(jnp.mean(losses.softmax_cross_entropy(outputs["logits"], targets)))
 
 
+@pytest.mark.slow
 def test_batch_norm_state_is_trained_checkpointed_averaged_evaluated_and_distilled(tmp_path):
     teacher_dir = tmp_path / "resnet50_bn"
     config = tiny_preset("resnet50_bn", num_train_steps=2, use_ema=True, checkpoint_every_steps=1)
@@ -208,6 +210,7 @@ def test_batch_norm_state_is_trained_checkpointed_averaged_evaluated_and_distill
     assert not any("norm_final" in module for module in state.params)
 
 
+@pytest.mark.slow
 def test_bag_of_tricks_mixup_step(tmp_path):
     config = tiny_preset("bot_refined_mixup")
     result = loop.train_and_evaluate(config, str(tmp_path))

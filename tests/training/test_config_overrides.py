@@ -7,7 +7,7 @@ import pytest
 
 from experiments import configs
 from experiments.configs import common
-from nfnets_jax import model_spec
+from nfnets_jax import checkpoints
 from nfnets_jax.training import config as config_lib
 
 
@@ -182,7 +182,7 @@ def test_unset_fields_round_trip_through_config_json():
     for path in PLACEHOLDERS:
         node, leaf = _field(restored, path)
         assert node[leaf] == (0 if path == "dataset.seed" else None), path
-    spec = model_spec.spec_from_config(recorded, 10)  # what run readers do with it
+    spec = checkpoints.spec_from_config(recorded, 10)  # what run readers do with it
     assert (spec.describe(), spec.dataset) == ("NFNet (custom), 10 classes, 32 px resize", "digits")
     # Its unset fields take overrides too, as Python literals (they have no type left).
     config_lib.apply_overrides(

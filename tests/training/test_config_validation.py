@@ -72,6 +72,7 @@ def _train_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_message_without_traceback(tmp_path):
     result = _train_cli("--config=nfnet_f9", f"--workdir={tmp_path}")
     assert result.returncode == 2

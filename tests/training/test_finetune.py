@@ -96,6 +96,7 @@ def test_mismatches_other_than_the_head_are_one_clear_error(fresh, tmp_path):
         loop.train_and_evaluate(config, str(tmp_path / "fresh_run"))
 
 
+@pytest.mark.slow
 def test_fine_tuning_run_export_and_evaluate(fresh, imagenet_file, tmp_path, capsys):
     """train --config.init_from, then export the run and evaluate the exported file."""
     state, _, _ = fresh

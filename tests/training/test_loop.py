@@ -18,6 +18,9 @@ from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import loop
 from tests.training.tiny import restore_state, tiny_config
 
+# End-to-end runs of train_and_evaluate.
+pytestmark = pytest.mark.slow
+
 
 def _assert_states_equal(a, b, rtol=0.0):
     for path, x, y in zip(

@@ -22,6 +22,9 @@ from nfnets_jax.checkpoints import flatten_params
 from tests.training import multihost_worker
 from tests.training.tiny import restore_state, tiny_config
 
+# Two real processes per test (jax.distributed on localhost).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

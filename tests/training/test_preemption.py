@@ -14,10 +14,14 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from nfnets_jax.training import checkpoint as checkpoint_lib
 from nfnets_jax.training import loop
 from tests.training.tiny import restore_state, tiny_config
+
+# Real runs signalled and killed in subprocesses.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 24

@@ -95,6 +95,7 @@ SHRINK = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHRINK))
 def test_one_train_and_eval_step_per_family_on_four_devices(name, tmp_path):
     config = configs.load_config(name)
