@@ -79,6 +79,32 @@ def initialize(
     )
 
 
+# How long a process waits at `barrier` for the others (start-up on a pod can take
+# minutes: dataset metadata, checkpoint reads, compilation).
+BARRIER_TIMEOUT_SECONDS = 1800
+_barrier_count = 0
+
+
+def barrier(name: str, timeout_seconds: float = BARRIER_TIMEOUT_SECONDS) -> None:
+    """Waits until every process reaches this point (no-op with one process).
+
+    Goes through the coordination service of `jax.distributed`, not a device
+    collective: XLA:CPU's gloo collectives give up when one process arrives at a first
+    collective more than 30 s after the others (e.g. still compiling on a loaded host),
+    so the processes meet here first, with a long timeout.
+    """
+    global _barrier_count
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:  # not started by jax.distributed: nothing to wait with
+        return
+    _barrier_count += 1
+    client.wait_at_barrier(f"nfnets_jax/{name}/{_barrier_count}", int(timeout_seconds * 1000))
+
+
 def failed_processes(ok: bool) -> list[int]:
     """Every process says whether its part succeeded; all get the list of those that failed.
 
@@ -91,6 +117,7 @@ def failed_processes(ok: bool) -> list[int]:
     """
     if jax.process_count() == 1:
         return [] if ok else [0]
+    barrier("failed_processes")
     # int32, not bool: gloo's CPU all-gather mis-sizes 1-byte predicates.
     flags = multihost_utils.process_allgather(np.array(int(ok), np.int32))
     return [int(index) for index in np.flatnonzero(np.asarray(flags) == 0)]
@@ -105,4 +132,5 @@ def broadcast_from_main(values: np.ndarray) -> np.ndarray:
     """
     if jax.process_count() == 1:
         return np.asarray(values)
+    barrier("broadcast_from_main")
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values)))

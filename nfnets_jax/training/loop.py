@@ -301,6 +301,8 @@ class _Loop:
     def run_eval(self, device_state, step_number: int) -> dict[str, dict[str, float]]:
         config, mapper = self.config, self.mapper
 
+        distributed.barrier("evaluation")  # every process compiles the eval step anew
+
         def evaluate(params, model_state):
             return evaluation.evaluate_split(
                 config, mapper, self.eval_fn, params, model_state, source=self.source
@@ -375,6 +377,8 @@ class _Loop:
                     f"The training data ran out at step {step_number}; training iterators "
                     "repeat forever, so this points to an empty dataset split."
                 ) from None
+            if not compile_logged:
+                distributed.barrier("first training step")  # see distributed.barrier
             t0 = time.time()
             device_state, metrics = train_fn(device_state, batch, *teacher_args)
             if not compile_logged:
