@@ -63,11 +63,12 @@ importlib.import_module(program)
 failures = []
 for argv in commands:
     try:
-        spec, overrides, rest = config_lib.split_config_args([program, *argv])
         if program == "experiments.train":
-            config_lib.apply_overrides(configs.load_config(spec), overrides)
-        elif spec or overrides:
-            raise ValueError(f"{program} takes no --config")
+            _, rest = configs.config_from_argv([program, *argv])
+        else:
+            spec, rest = configs.pop_config_spec([program, *argv])
+            if spec or any(arg.startswith("--config.") for arg in rest):
+                raise ValueError(f"{program} takes no --config")
         positional = flags.FLAGS(rest)
         if positional[1:]:
             raise ValueError(f"unexpected arguments {positional[1:]}")
@@ -176,11 +177,11 @@ def test_train_and_signal_prop_commands_parse():
 
 def test_evaluate_predict_export_commands_parse():
     for args in commands_of("experiments.evaluate"):
-        spec, overrides, rest = config_lib.split_config_args(["evaluate", *args])
-        evaluate.parse_args(rest[1:])
+        spec, rest = configs.pop_config_spec(["evaluate", *args])
+        _, others = evaluate.parse_args(rest[1:])
         # Without --config, evaluate builds on the base config (or a preset of it).
         config = configs.load_config(spec) if spec else common.base_config()
-        config_lib.apply_overrides(config, overrides)
+        assert config_lib.parse_config_flags(config, ["evaluate", *others]) == ["evaluate"]
     for args in commands_of("experiments.predict"):
         assert predict.parse_args(args).images
     for args in commands_of("experiments.export"):
