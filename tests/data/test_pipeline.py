@@ -351,6 +351,7 @@ def test_real_imagenet2012_pipelines(tiny_imagenet, imagenet_validation_labels):
     assert_batches_equal(resumed, full[4:])
 
 
+@pytest.mark.slow
 def test_shuffle_buffer_holds_ten_host_batches_of_output_examples(tiny_imagenet):
     # The original's `shuffle(10 * per-host batch)`: counted in output examples, also when
     # mixing reads two records per example. One device x 1 example -> 10 records.
@@ -384,6 +385,7 @@ def test_shuffle_buffer_holds_ten_host_batches_of_output_examples(tiny_imagenet)
     )
 
 
+@pytest.mark.slow
 def test_mocked_imagenet2012_pipelines(mock_imagenet_dir):
     import tensorflow_datasets as tfds
 

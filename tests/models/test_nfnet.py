@@ -164,6 +164,7 @@ def narrow_params():
     )
 
 
+@pytest.mark.slow
 def test_native_and_per_group_give_identical_numbers_and_trees(narrow_params):
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     labels = jnp.array([3, 7])
@@ -188,6 +189,7 @@ def test_native_and_per_group_give_identical_numbers_and_trees(narrow_params):
         np.testing.assert_allclose(g2, g, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_matches_float32(narrow_params):
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
     f32, bf16 = _narrow_forward(), _narrow_forward(compute_dtype=jnp.bfloat16)

@@ -202,6 +202,7 @@ def run_blocks(forward_model, params, state, x, is_training):
     return forward.apply(params, state, None, x, is_training)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "version, norm",
     [
@@ -248,6 +249,7 @@ def first_example(make_model, x, is_training, variables):
     return np.asarray(out["logits"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "version, norm",
     [("v2", "group_proxy"), ("v1b", "group_proxy"), ("v2", "layer_proxy"), ("v1b", "layer_proxy")],

@@ -127,6 +127,7 @@ def f0_at_init():
     return jax.device_get(outputs), np.asarray(skip_gains)
 
 
+@pytest.mark.slow
 def test_f0_forward_outputs(f0_at_init):
     outputs, skip_gains = f0_at_init
     # 13 x avg_sq_mean, 13 x avg_var, 12 x res_avg_var, pool, logits (spec 2.9).
@@ -136,6 +137,7 @@ def test_f0_forward_outputs(f0_at_init):
     np.testing.assert_array_equal(skip_gains, np.zeros(12))
 
 
+@pytest.mark.slow
 def test_f0_signal_propagation_at_init(f0_at_init):
     """Scaled WS + gamma-GELU keep unit variance; zero skip gains make blocks identities.
 
@@ -160,6 +162,7 @@ def test_f0_signal_propagation_at_init(f0_at_init):
             assert 0.1 < ratio < 0.35  # 2x2 average pool of a spatially white signal
 
 
+@pytest.mark.slow
 def test_nf_resnet_keeps_block_inputs_at_the_expected_variance():
     """The design claim of arXiv:2101.08692: Var(x_l) * beta_l^2 ~ 1 at every block."""
     forward = hk.transform(

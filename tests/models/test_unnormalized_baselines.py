@@ -49,6 +49,7 @@ def test_layout_is_the_nf_resnets():
         resnet_layout("ResNet26", 1, (1, 1))
 
 
+@pytest.mark.slow
 def test_skipinit_tree_and_identity_at_init(images):
     forward, params = init(skipinit, images)
     top = "SkipInit_ResNet/~/"
@@ -74,6 +75,7 @@ def test_skipinit_tree_and_identity_at_init(images):
     assert float(outputs["res_avg_var_1"]) > 0
 
 
+@pytest.mark.slow
 def test_skipinit_block_is_the_pre_activation_formula():
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 32))
     act = jax.nn.relu
@@ -102,6 +104,7 @@ def test_skipinit_drop_rate_must_be_given_and_activation_known():
         hk.transform(lambda x: skipinit(activation="gelu")(x)).init(None, jnp.zeros((1, 32, 32, 3)))
 
 
+@pytest.mark.slow
 def test_fixup_tree_and_initial_stddevs():
     # ResNet50 at width 1: L = 16 blocks; the last stage's convs have enough weights to
     # pin each initial stddev to about 1%.
@@ -130,6 +133,7 @@ def test_fixup_tree_and_initial_stddevs():
     assert shortcut.std() == pytest.approx(np.sqrt(2 / 512), rel=0.01)
 
 
+@pytest.mark.slow
 def test_fixup_blocks_start_as_the_identity_and_train(images):
     forward, params = init(fixup, images)
     outputs = jax.jit(forward.apply)(params, None, images)
