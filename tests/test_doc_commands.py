@@ -154,6 +154,7 @@ def test_launcher_commands_dry_run(capsys):
             assert printed.startswith("# "), printed  # the plan, then the commands
 
 
+@pytest.mark.slow
 def test_train_and_signal_prop_commands_parse():
     train = commands_of("experiments.train")
     for program, module in LAUNCHERS.items():

@@ -20,6 +20,7 @@ def numpy_channel_stats(x):
     return float((mean**2).mean()), float(x.var(axis=(0, 1, 2)).mean())
 
 
+@pytest.mark.slow
 def test_resnet_metrics_are_the_block_outputs_statistics():
     """avg_sq_mean/avg_var of every block output and the branch variance, vs numpy."""
     outputs_seen = {}

@@ -352,6 +352,7 @@ def test_ops_reject_float_images():
 # ---------------------------------------------------------------- tf.data and policy
 
 
+@pytest.mark.slow
 def test_each_op_eagerly_and_inside_tf_data(image):
     image = image // 2 + 40  # a reduced range, so that AutoContrast has work to do
 
@@ -368,6 +369,7 @@ def test_each_op_eagerly_and_inside_tf_data(image):
         assert not np.array_equal(eager, image), name
 
 
+@pytest.mark.slow
 def test_randaugment_is_the_composition_of_its_layers(image):
     seed = tf.constant([3, 1234], tf.int64)
     out = ra.randaugment(image, 3, 10, seed).numpy()

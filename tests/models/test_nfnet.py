@@ -210,6 +210,7 @@ def test_bfloat16_compute_keeps_float32_params_and_matches_float32(narrow_params
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_dropout_is_applied_in_training_only_and_rescales():
     """With an identity classifier, logits = dropout(pool): kept values are pool / keep."""
     forward = _narrow_forward(

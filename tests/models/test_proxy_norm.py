@@ -257,6 +257,7 @@ def test_pn_act_rejects_bad_arguments():
     assert get_plain_activation("swish") is get_plain_activation("silu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 def test_recompute_keeps_the_numbers_and_saves_only_the_input(activation):
     """Optional remat (spec 1.2): same values and gradients; the backward pass keeps only
@@ -281,6 +282,7 @@ def test_recompute_keeps_the_numbers_and_saves_only_the_input(activation):
     assert [s.dtype for s in saved1] == [jnp.bfloat16]  # only the input itself
 
 
+@pytest.mark.slow
 def test_resnet_proxy_recompute_remats_every_pn_act():
     x = jnp.zeros((2, 16, 16, 3))
     counts = {}

@@ -89,6 +89,7 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_pmap_shard_map_and_single_device_agree():
     batches = _batches(3)
     devices = jax.devices()
