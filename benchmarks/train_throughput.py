@@ -174,8 +174,21 @@ def build_config(spec: str, overrides, tmp_root: str):
     return config
 
 
+def _split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """`--config.KEY=VALUE` pairs (applied per case by `build_config`), and the rest."""
+    overrides, rest = [], argv[:1]
+    for arg in argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            key, value = arg[len("--config.") :].split("=", 1)
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
 def main(argv: list[str]) -> None:
-    spec, overrides, rest = config_lib.split_config_args(argv)
+    spec, rest = configs.pop_config_spec(argv)
+    overrides, rest = _split_overrides(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--preset",
