@@ -65,6 +65,10 @@ def test_read_run_gives_ema_or_raw_parameters_and_the_spec(run_dir):
     )
     assert spec.dataset == "digits" and spec.class_names == tuple("0123456789")
     assert plain.spec == spec  # config.json is found from checkpoints/ too
+    # A path relative to the working directory reads the same run.
+    relative = checkpoints.read_run(os.path.relpath(path))
+    assert relative.step == 5 and relative.source == str(path)
+    assert_same(relative.params, raw, EMA_OFFSET)
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def read_run(
         >>> run.description  # doctest: +SKIP
         'run /tmp/nfnet_demo, step 900, EMA parameters'
     """
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))  # orbax reads absolute paths only
     directory = checkpoint_directory(path)
     if directory is None:
         raise CheckpointNotFoundError(f"{path} is not a run directory (no checkpoints/).")
