@@ -76,6 +76,7 @@ class WSConv2D(hk.Conv2D):
         name: str | None = None,
         *,
         eps: float = WS_EPS,
+        eps_mode: str = "floor",
         conv_impl: str = "auto",
     ):
         """Builds the convolution.
@@ -94,7 +95,10 @@ class WSConv2D(hk.Conv2D):
             mask: not supported (must be None).
             feature_group_count: number of groups (``C_in`` and ``C_out`` divisible by it).
             name: module name.
-            eps: floor on ``var * fan_in``.
+            eps: with ``eps_mode='floor'`` (DeepMind's), a floor on ``var * fan_in``;
+                with ``'add'`` (timm's ``ScaledStdConv2d``), added to ``var``: the kernel
+                is then ``g (W - mu) / sqrt(N (var + eps))``.
+            eps_mode: ``'floor'`` (default) or ``'add'``.
             conv_impl: how grouped convolutions run: ``'auto'``, ``'native'`` or
                 ``'per_group'`` (see :mod:`nfnets_jax.models.conv`).
         """
@@ -116,7 +120,10 @@ class WSConv2D(hk.Conv2D):
             feature_group_count=int(feature_group_count),
             name=name,
         )
+        if eps_mode not in ("floor", "add"):
+            raise ValueError(f"eps_mode must be 'floor' or 'add', got {eps_mode!r}.")
         self.eps = eps
+        self.eps_mode = eps_mode
         self.conv_impl = validate_conv_impl(conv_impl)
 
     def standardized_weight(self, in_channels: int) -> jax.Array:
@@ -130,7 +137,10 @@ class WSConv2D(hk.Conv2D):
         mean = jnp.mean(w, axis=fan_in_axes, keepdims=True)
         var = jnp.var(w, axis=fan_in_axes, keepdims=True)
         fan_in = float(np.prod(shape[:-1]))
-        scale = lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
+        if self.eps_mode == "floor":
+            scale = lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
+        else:
+            scale = lax.rsqrt((var + self.eps) * fan_in) * gain
         return w * scale - mean * scale
 
     def __call__(self, inputs: jax.Array, *, precision=None) -> jax.Array:

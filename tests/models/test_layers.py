@@ -208,3 +208,35 @@ def test_stochdepth_scale_by_keep_and_validation():
     assert set(np.unique(np.asarray(out))) <= {0.0, 2.0}
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         hk.transform(lambda: StochDepth(1.0)).apply({}, None)
+
+
+@pytest.mark.parametrize("var_times_fan_in", [2e-4, 1e-6])
+def test_ws_eps_mode_add_is_timms_scaled_std_conv(var_times_fan_in):
+    """eps_mode='add': g (w - mean) / sqrt(fan_in * (var + eps)), timm's formula."""
+    rng = np.random.default_rng(2)
+    fan_in = 3 * 3 * 4
+    noise = rng.normal(size=(3, 3, 4, 5))
+    noise = (noise - noise.mean(axis=(0, 1, 2))) / noise.std(axis=(0, 1, 2))
+    w = (noise * math.sqrt(var_times_fan_in / fan_in)).astype(np.float32)
+    gain = np.linspace(0.5, 2.0, 5).astype(np.float32)
+    params = {"conv": {"w": w, "gain": gain, "bias": np.zeros(5, np.float32)}}
+    f = hk.transform(
+        lambda: WSConv2D(5, 3, eps=1e-5, eps_mode="add", name="conv").standardized_weight(4)
+    )
+    got = np.asarray(f.apply(params, None))
+    w64 = w.astype(np.float64)
+    mean, var = w64.mean(axis=(0, 1, 2)), w64.var(axis=(0, 1, 2))
+    want = gain * (w64 - mean) / np.sqrt(fan_in * (var + 1e-5))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    # Not the floor: for small weights the two differ by far more than rounding.
+    floor = np.asarray(
+        hk.transform(lambda: WSConv2D(5, 3, eps=1e-5, name="conv").standardized_weight(4)).apply(
+            params, None
+        )
+    )
+    assert np.max(np.abs(floor - got)) > 0.05 * np.max(np.abs(got))
+
+
+def test_ws_eps_mode_is_checked():
+    with pytest.raises(ValueError, match="eps_mode must be 'floor' or 'add'"):
+        hk.transform(lambda: WSConv2D(5, 3, eps_mode="clip")).init(None)
