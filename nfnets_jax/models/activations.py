@@ -88,12 +88,20 @@ nonlinearities: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+# GELU's exact erf form with the same gamma: what PyTorch ports (timm's GammaAct, which
+# calls F.gelu) compute with DeepMind's constant.
+_EXACT_GELU = _scaled(lambda x: jax.nn.gelu(x, approximate=False), GAMMAS["gelu"])
+
+
+def get_activation(name: str, *, approximate_gelu: bool = True) -> Callable[[jax.Array], jax.Array]:
     """Returns the gamma-scaled nonlinearity called ``name``.
 
     Args:
         name: a key of :data:`nonlinearities`, e.g. ``'gelu'`` (NFNets), ``'relu'``
             (NF-ResNets) or ``'silu'`` (NF-RegNets).
+        approximate_gelu: for ``'gelu'``, the tanh approximation (default, DeepMind's) or,
+            if False, the exact erf form (PyTorch's ``F.gelu``, timm's); both times the same
+            gamma. Other names ignore it.
 
     Returns:
         ``x -> gamma * f(x)`` (or the identity for ``'identity'``).
@@ -114,6 +122,8 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
             f"Unknown activation {name!r}{hint}. Known activations: "
             f"{', '.join(sorted(nonlinearities))}."
         )
+    if name == "gelu" and not approximate_gelu:
+        return _EXACT_GELU
     return nonlinearities[name]
 
 

@@ -12,6 +12,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +25,7 @@ from nfnets_jax.models import signal_prop
 from nfnets_jax.models.activations import get_activation
 from nfnets_jax.models.conv import validate_conv_impl
 from nfnets_jax.models.flops import count_conv_flops
-from nfnets_jax.models.layers import SqueezeExcite, StochDepth, WSConv2D
+from nfnets_jax.models.layers import WS_EPS, SqueezeExcite, StochDepth, WSConv2D
 from nfnets_jax.models.precision import compute_dtype_scope, resolve_compute_dtype
 from nfnets_jax.models.validation import (
     check_fraction,
@@ -65,6 +67,50 @@ for _name, (_depth, _train, _test, _ra, _drop) in _F_TABLE.items():
 STAGE_STRIDES = (1, 2, 2, 2)
 #: Output channels of the first three stem convs; the fourth has width_pattern[0] // 2.
 STEM_WIDTHS = (16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """The two numerical details in which ports of NFNets differ (no parameter changes).
+
+    Attributes:
+        ws_eps: the weight standardization's epsilon.
+        ws_eps_mode: ``'floor'``: ``max(N var, eps)`` (DeepMind's ``WSConv2D``) or
+            ``'add'``: ``N (var + eps)`` (timm's ``ScaledStdConv2dSame``), see
+            :class:`~nfnets_jax.models.layers.WSConv2D`.
+        approximate_gelu: GELU's tanh approximation (``jax.nn.gelu``'s default,
+            DeepMind's) or the exact erf form (PyTorch's ``F.gelu``, timm's).
+    """
+
+    ws_eps: float
+    ws_eps_mode: str
+    approximate_gelu: bool
+
+
+#: ``numerics=`` choices of :class:`NFNet`. ``'timm'`` is timm's ``dm_nfnet_f*`` port
+#: (timm 1.0.31, ``timm/models/nfnet.py``: ``NfCfg.std_conv_eps = 1e-5`` added to the
+#: variance by ``ScaledStdConv2dSame``; ``GammaAct('gelu')`` calls ``F.gelu``, the erf
+#: form, times the same gamma 1.7015043497085571). Everything else (TF 'SAME' padding,
+#: stem, strides, the avg-pool shortcut, SE, skip gains, head) is the same in both.
+NUMERICS: dict[str, Numerics] = {
+    "deepmind": Numerics(ws_eps=WS_EPS, ws_eps_mode="floor", approximate_gelu=True),
+    "timm": Numerics(ws_eps=1e-5, ws_eps_mode="add", approximate_gelu=False),
+}
+
+
+def get_numerics(name: str) -> Numerics:
+    """The :class:`Numerics` called ``name`` (``'deepmind'`` or ``'timm'``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+
+    Example:
+        >>> get_numerics('timm').ws_eps_mode
+        'add'
+    """
+    if not isinstance(name, str) or name not in NUMERICS:
+        raise ValueError(f"Unknown numerics {name!r}; expected one of {', '.join(NUMERICS)}.")
+    return NUMERICS[name]
 
 
 class NFBlock(hk.Module):
@@ -253,6 +299,7 @@ class NFNet(hk.Module):
         stem_widths: Sequence[int] = STEM_WIDTHS,
         compute_dtype: Any = None,
         conv_impl: str = "auto",
+        numerics: str = "deepmind",
     ):
         """Builds the network.
 
@@ -280,6 +327,10 @@ class NFNet(hk.Module):
             compute_dtype: activation dtype (None/float32, bfloat16, float16); parameters
                 are stored in float32 either way.
             conv_impl: grouped conv lowering, ``'auto'``, ``'native'`` or ``'per_group'``.
+            numerics: ``'deepmind'`` (default: DeepMind's weight-standardization floor
+                and tanh GELU, what their released weights were trained with) or
+                ``'timm'`` (timm's ``dm_nfnet_f*``: eps added to the variance, erf GELU),
+                see :data:`NUMERICS`. The parameter tree is the same either way.
         """
         super().__init__(name=name)
         if variant not in nfnet_params:
@@ -318,7 +369,9 @@ class NFNet(hk.Module):
         self.stochdepth_rate = check_fraction("stochdepth_rate", stochdepth_rate)
         drop_rate = params["drop_rate"] if drop_rate is None else drop_rate
         self.drop_rate = check_fraction("drop_rate", drop_rate)
-        self.activation = get_activation(activation)
+        self.numerics = numerics
+        numbers = get_numerics(numerics)
+        self.activation = get_activation(activation, approximate_gelu=numbers.approximate_gelu)
         self.fc_init = fc_init or hk.initializers.RandomNormal(0.01, 0)
         self.use_two_convs = use_two_convs
         self.compute_dtype = resolve_compute_dtype(compute_dtype)
@@ -327,7 +380,8 @@ class NFNet(hk.Module):
         if stem_out < 1:
             raise ValueError(f"width_pattern[0] must be >= 2, got {self.width_pattern[0]}.")
 
-        conv = lambda ch, k, s, n: WSConv2D(
+        ws_conv = functools.partial(WSConv2D, eps=numbers.ws_eps, eps_mode=numbers.ws_eps_mode)
+        conv = lambda ch, k, s, n: ws_conv(
             ch, k, stride=s, padding="SAME", name=n, conv_impl=conv_impl
         )
         # Stem: /4 in total; no activation after the last conv (the block applies it).
@@ -355,6 +409,7 @@ class NFNet(hk.Module):
                     stride=spec.stride,
                     beta=spec.beta,
                     alpha=alpha,
+                    which_conv=ws_conv,
                     activation=self.activation,
                     big_width=self.big_width[spec.stage],
                     use_two_convs=use_two_convs,
