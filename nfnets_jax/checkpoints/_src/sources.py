@@ -5,6 +5,9 @@ Three kinds of source, told apart by what is on disk:
 * DeepMind's released ``{V}_haiku.npz`` files (pickles of ``{module: {param: array}}``)
   and pickles written by :func:`~nfnets_jax.checkpoints.save_params`;
 * ``.npz`` archives with ``'module/param'`` keys;
+* timm state dicts (``.safetensors``, ``.pth``) of the models in
+  :data:`~nfnets_jax.checkpoints.TIMM_MODELS` (module ``.timm``), converted to the
+  project's tree, with a spec of timm's numerics and evaluation preprocessing;
 * a run directory of ``nfnets_jax.training`` (``config.json`` + orbax ``checkpoints/``),
   or its ``checkpoints/`` directory. Its parameters are read without the run's config or
   optimizer state (a partial orbax restore into numpy), raw or EMA.
@@ -27,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from nfnets_jax.checkpoints._src import released
+from nfnets_jax.checkpoints._src import timm as timm_lib
 from nfnets_jax.checkpoints._src.formats import (
     CheckpointFormatError,
     flatten_params,
@@ -224,20 +228,24 @@ def _config_class_names(config: Mapping[str, Any], num_classes: int) -> tuple[st
 
 
 def load_checkpoint(source: str | os.PathLike, *, use_ema: bool = True) -> LoadedCheckpoint:
-    """Reads a released file, an exported file or a run directory.
+    """Reads a released file, an exported file, a timm file or a run directory.
 
     Args:
         source: the path.
         use_ema: for run directories, read the EMA parameters when there are some.
 
     Returns:
-        The parameters with the spec the source records (None for bare released files).
+        The parameters with the spec the source records (None for bare released files;
+        for timm files, the recognised model's with ``numerics='timm'`` and timm's test
+        size and crop, unless a ``.json`` spec lies beside the file).
 
     Raises:
         CheckpointNotFoundError: nothing at ``source`` (the message says where to get
             DeepMind's weights).
         CheckpointFormatError, UnsafePickleError: unreadable or unsafe files (both
             NFNetsErrors, like every error here).
+        UnsupportedTimmModelError, TimmMismatchError: a timm file of a model without a
+            counterpart here, or one that differs from it (every difference listed).
 
     Example:
         >>> loaded = load_checkpoint('F0_haiku.npz')  # doctest: +SKIP
@@ -254,6 +262,16 @@ def load_checkpoint(source: str | os.PathLike, *, use_ema: bool = True) -> Loade
         return read_run(path, use_ema=use_ema)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"Checkpoint {path!r} does not exist. " + _HOW_TO_GET_WEIGHTS)
+    if timm_lib.is_timm_file(path):
+        params, model, num_classes = timm_lib.timm_to_haiku(timm_lib.read_timm_file(path))
+        spec = read_sidecar(path) or timm_lib.timm_model_spec(model, num_classes)
+        return LoadedCheckpoint(
+            params=params,
+            model_state=None,
+            spec=spec,
+            source=path,
+            description=f"timm file {path} ({model.timm_name})",
+        )
     params = load_params(path)
     spec = read_sidecar(path)
     kind = "exported file" if spec is not None else "parameter file"
