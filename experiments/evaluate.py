@@ -54,6 +54,9 @@ def config_for_checkpoint(checkpoint: str):
         )
     spec = checkpoints.read_sidecar(checkpoint)
     origin = f"the spec {checkpoints.sidecar_path(checkpoint)}"
+    if spec is None and checkpoints.is_timm_file(checkpoint):
+        spec = checkpoints.load_checkpoint(checkpoint).spec
+        origin = "the timm model recognised in the file, with timm's numerics and test crop"
     if spec is None:
         spec = checkpoints.infer_model_spec(checkpoints.load_params(checkpoint))
         origin = "the preset of the variant recognised in the checkpoint"

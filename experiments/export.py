@@ -9,6 +9,9 @@ Examples:
     # A numpy archive with 'module/param' keys, the raw (not EMA) parameters of step 400.
     python -m experiments.export --workdir=RUN --out=mine.npz --format=npz --no-ema --step=400
 
+    # timm's state-dict layout (.safetensors) of a standard F0..F7 run: see README "timm weights".
+    python -m experiments.export --workdir=RUN --out=dm_nfnet_f0.safetensors --format=timm
+
 Next to the file goes `<out>.json`, the model's spec (architecture, classes, test size,
 preprocessing, class names), so `pretrained.load`, `experiments.predict` and
 `experiments.evaluate` rebuild the exact model. Share both files.
@@ -32,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", required=True, help="the training run directory")
     parser.add_argument("--out", required=True, help="file to write")
-    parser.add_argument("--format", choices=("pickle", "npz"), default="pickle")
+    parser.add_argument("--format", choices=("pickle", "npz", "timm"), default="pickle")
     parser.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
@@ -53,6 +56,12 @@ def _export(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise ConfigError(f"the directory of --out ({out_dir}) does not exist.")
+    if args.format == "timm":
+        loaded = checkpoints.read_run(args.workdir, use_ema=args.ema, step=args.step)
+        model = checkpoints.save_timm(loaded.params, args.out)
+        sidecar = checkpoints.write_sidecar(loaded.spec, args.out) if loaded.spec else None
+        print(f"Wrote timm's {model.timm_name} state dict ({loaded.description}) to {args.out}.")
+        return 0
     loaded, sidecar = checkpoints.export_run(
         args.workdir, args.out, format=args.format, use_ema=args.ema, step=args.step
     )

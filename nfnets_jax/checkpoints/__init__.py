@@ -15,6 +15,9 @@ Everything that reads or writes weights goes through this package:
 * fitting a checkpoint to a model (:func:`fit_checkpoint`): the one check used by
   pretrained loading, evaluation, fine-tuning and distillation, which lists every
   difference in one :class:`CheckpointMismatchError`;
+* timm's weights in and out (:data:`TIMM_MODELS`, :func:`timm_to_haiku`,
+  :func:`haiku_to_timm`, :func:`read_timm_file`, :func:`save_timm`): ``.safetensors`` and
+  ``.pth`` state dicts of ``dm_nfnet_f0`` .., read by :func:`load_checkpoint` too;
 * DeepMind's released weights (:data:`RELEASED_VARIANTS`, :func:`released_weights_url`,
   :data:`REPORTED_ACCURACY`).
 
@@ -71,9 +74,27 @@ from nfnets_jax.checkpoints._src.spec import (
     spec_from_config,
     write_sidecar,
 )
+from nfnets_jax.checkpoints._src.timm import (
+    LAYOUTS,
+    TIMM_MODELS,
+    KeyMapEntry,
+    TimmFileError,
+    TimmMismatchError,
+    TimmModel,
+    UnsupportedTimmModelError,
+    haiku_to_timm,
+    is_timm_file,
+    match_timm_state_dict,
+    read_timm_file,
+    save_timm,
+    timm_model_spec,
+    timm_to_haiku,
+)
 
 __all__ = [
     "FORMATS",
+    "LAYOUTS",
+    "TIMM_MODELS",
     "RELEASED_VARIANTS",
     "REPORTED_ACCURACY",
     "WEIGHTS_URL",
@@ -81,27 +102,39 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "FittedVariables",
+    "KeyMapEntry",
     "LoadedCheckpoint",
     "MergeResult",
     "ModelSpec",
+    "TimmFileError",
+    "TimmMismatchError",
+    "TimmModel",
     "UnrecognizedCheckpointError",
     "UnsafePickleError",
+    "UnsupportedTimmModelError",
     "checkpoint_directory",
     "export_run",
     "fit_checkpoint",
     "flatten_params",
+    "haiku_to_timm",
     "head_classes",
     "infer_model_spec",
     "is_run_directory",
+    "is_timm_file",
     "load_checkpoint",
     "load_params",
+    "match_timm_state_dict",
     "read_run",
     "read_sidecar",
+    "read_timm_file",
     "released_weights_url",
     "save_model_variables",
     "save_params",
+    "save_timm",
     "sidecar_path",
     "spec_from_config",
+    "timm_model_spec",
+    "timm_to_haiku",
     "unflatten_params",
     "validate_and_merge",
     "write_sidecar",

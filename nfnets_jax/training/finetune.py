@@ -9,6 +9,10 @@ run's directory), the freshly initialised state takes its parameters from that c
 * the classifier (``<Top>/~/linear/w`` and ``/b``) is kept when its shape matches and
   otherwise keeps the model's own fresh initialisation (N(0, 0.01) weights, zero bias:
   the state's head, drawn from ``config.seed``), so the number of classes may differ;
+* a timm file (``.safetensors``, ``.pth``) was computed with timm's numerics, so the run's
+  model is built with ``numerics='timm'`` (:func:`resolve_init_from_numerics`) unless
+  the config names ``model_kwargs.numerics`` (``--config.model_kwargs.numerics=deepmind``
+  trains DeepMind's numerics from timm's weights);
 * the EMA starts equal to the loaded parameters, the optimizer state is re-initialised
   for them and the step is 0. From a run directory the EMA parameters are loaded when
   the run kept them (they evaluate better); export with ``--no-ema`` for the raw ones.
@@ -16,22 +20,63 @@ run's directory), the freshly initialised state takes its parameters from that c
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
+import ml_collections
 import optax
 
-from nfnets_jax import checkpoints
+from nfnets_jax import checkpoints, models
 from nfnets_jax.errors import NFNetsError
 from nfnets_jax.training import parallel, writers
 from nfnets_jax.training.checkpoint import CheckpointError
 from nfnets_jax.training.state import TrainState
 
-__all__ = ["InitFromError", "fit_init_from", "init_state_from_checkpoint"]
+__all__ = [
+    "InitFromError",
+    "fit_init_from",
+    "init_state_from_checkpoint",
+    "resolve_init_from_numerics",
+]
 
 
 class InitFromError(CheckpointError):
     """``init_from`` cannot be used: missing, unreadable or not fitting the model."""
+
+
+def resolve_init_from_numerics(config: ml_collections.ConfigDict) -> bool:
+    """Sets ``model_kwargs.numerics='timm'`` when fine-tuning a timm file (in place).
+
+    A timm file's weights were trained (and are evaluated by timm) with timm's numerics
+    (:data:`nfnets_jax.models.nfnet.NUMERICS`), so the fine-tuned model keeps them, as
+    the ``config.json`` of the run records. Nothing changes when ``init_from`` is no timm
+    file, the model has no ``numerics`` option, or the config already names one. Reads
+    the path only, not the file: the same flags give the same config on resume.
+
+    Returns:
+        Whether the config was changed.
+
+    Example:
+        >>> from experiments import configs
+        >>> config = configs.load_config('nfnet_f0')
+        >>> config.init_from = 'dm_nfnet_f0.safetensors'
+        >>> resolve_init_from_numerics(config), config.model_kwargs.numerics
+        (True, 'timm')
+    """
+    if not config.get("init_from") or not checkpoints.is_timm_file(config.init_from):
+        return False
+    if "numerics" in config.model_kwargs:
+        return False
+    try:
+        parameters = inspect.signature(models.get_model(config.model)).parameters
+    except (ValueError, TypeError, KeyError):
+        return False
+    if "numerics" not in parameters:
+        return False
+    with config.unlocked():
+        config.model_kwargs.numerics = "timm"
+    return True
 
 
 def fit_init_from(

@@ -345,6 +345,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Startup:
         schedule longer than the run, workdir, missing `init_from`, or unusable teacher.
       InitFromError: `init_from` is unreadable, unsafe or does not fit the model.
     """
+    finetune.resolve_init_from_numerics(config)  # a timm init_from keeps timm's numerics
     checked = config_lib.validate_config(config, num_devices=jax.device_count())
     mapper = parallel.DeviceMapper(config.parallelism)
     plan = plan_run(config, mapper, checked.info)
