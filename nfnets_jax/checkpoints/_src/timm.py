@@ -424,8 +424,9 @@ def match_haiku_tree(params: Mapping[str, Mapping[str, Any]]) -> TimmModel:
         features, classes = shapes[heads[0]]["w"]
         total = sum(int(np.prod(s)) for p in shapes.values() for s in p.values())
         total += (features + 1) * (1000 - classes)  # its size with 1,000 classes
-        for model in _candidates(total):
-            if _haiku_shapes(model.timm_name, classes) == shapes:
+        for model in TIMM_MODELS.values():
+            # Equal trees have equal sizes: only a model of this size is traced.
+            if model.num_params == total and _haiku_shapes(model.timm_name, classes) == shapes:
                 return model
     raise UnsupportedTimmModelError(
         "This parameter tree is none of the timm models this project converts "
@@ -436,10 +437,17 @@ def match_haiku_tree(params: Mapping[str, Mapping[str, Any]]) -> TimmModel:
 # ----------------------------------------------------------------------- converting
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    # C order for writing (np.ascontiguousarray would turn a 0-d skip gain into (1,)).
+    return array if array.flags.c_contiguous else np.array(array, order="C")
+
+
 def timm_to_haiku(
     state_dict: Mapping[str, Any], timm_name: str | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], TimmModel, int]:
     """A timm state dict as the project's parameter tree (exact, float32).
+
+    The arrays are views of ``state_dict``'s where the layout allows (transposes).
 
     Args:
         state_dict: ``{key: array}`` (numpy arrays or torch tensors' ``.numpy()``).
@@ -458,16 +466,17 @@ def timm_to_haiku(
     params: dict[str, dict[str, np.ndarray]] = {}
     for entry in model.key_map(_haiku_shapes(model.timm_name, num_classes)):
         value = np.asarray(state_dict[entry.timm_key], np.float32)
-        params.setdefault(entry.module, {})[entry.name] = np.ascontiguousarray(
-            LAYOUTS[entry.layout].from_timm(value)
-        )
+        params.setdefault(entry.module, {})[entry.name] = LAYOUTS[entry.layout].from_timm(value)
     return params, model, num_classes
 
 
 def haiku_to_timm(
     params: Mapping[str, Mapping[str, Any]], timm_name: str | None = None
 ) -> tuple[dict[str, np.ndarray], TimmModel]:
-    """The project's parameter tree as a timm state dict (exact, float32, contiguous).
+    """The project's parameter tree as a timm state dict (exact, float32).
+
+    The arrays are views of ``params``' where the layout allows (transposes); torch's
+    ``torch.from_numpy`` and :func:`save_timm` take them as they are.
 
     Args:
         params: ``{module: {param: array}}`` of a model with a timm counterpart.
@@ -485,7 +494,7 @@ def haiku_to_timm(
     state_dict = {}
     for entry in model.key_map(shapes):
         value = np.asarray(params[entry.module][entry.name], np.float32)
-        state_dict[entry.timm_key] = np.ascontiguousarray(LAYOUTS[entry.layout].to_timm(value))
+        state_dict[entry.timm_key] = LAYOUTS[entry.layout].to_timm(value)
     return state_dict, model
 
 
@@ -595,5 +604,6 @@ def save_timm(
     from safetensors.numpy import save_file
 
     state_dict, model = haiku_to_timm(params, timm_name)
+    state_dict = {key: _contiguous(value) for key, value in state_dict.items()}
     save_file(state_dict, os.fspath(path), metadata={"format": "pt", "timm_name": model.timm_name})
     return model
