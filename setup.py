@@ -32,6 +32,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.12",
         "tensorboard>=2.21",
         "scikit-learn>=1.5",
+        "safetensors>=0.8",
     ],
     extras_require={
         "test": [
