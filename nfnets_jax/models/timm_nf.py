@@ -590,7 +590,8 @@ class TimmNFNet(hk.Module):
 def _alias(variant: str) -> type:
     class_name = "Timm_" + variant
     doc = f"timm's ``{variant}`` (:class:`TimmNFNet` with ``variant={variant!r}``)."
-    return type(class_name, (TimmNFNet,), {"default_variant": variant, "__doc__": doc})
+    namespace = {"default_variant": variant, "__doc__": doc, "__module__": __name__}
+    return type(class_name, (TimmNFNet,), namespace)
 
 
 #: Registry aliases: timm name -> a :class:`TimmNFNet` subclass defaulting to it.
