@@ -1,6 +1,7 @@
 """Normalizer-Free models in Haiku: NFNets, NF-ResNets, NF-RegNets and their layers.
 
-Also the baselines they are compared with: normalized ResNets (BatchNorm, GroupNorm,
+Also timm's own NF family (``TimmNFNet``: NFNet-L0, ECA-NFNet-L0..L3, timm's NF-ResNets
+and NF-RegNets), and the baselines they are compared with: normalized ResNets (BatchNorm, GroupNorm,
 LayerNorm, GN/LN + Proxy Norm), SkipInit and Fixup ResNets.
 
 Constructors, calls and parameter trees match DeepMind's release (arXiv:2102.06171,
@@ -28,6 +29,7 @@ from nfnets_jax.models.registry import get_model, model_names, register_model, t
 from nfnets_jax.models.resnet import ResNet, resnet_params
 from nfnets_jax.models.signal_prop import BlockSpec, block_schedule, signal_metrics
 from nfnets_jax.models.skipinit_resnet import SkipInitResNet
+from nfnets_jax.models.timm_nf import TIMM_NF_CONFIGS, TimmNFBlock, TimmNFNet
 
 __all__ = [
     "CONV_IMPLS",
@@ -50,6 +52,9 @@ __all__ = [
     "ResNet",
     "SkipInitResNet",
     "SqueezeExcite",
+    "TIMM_NF_CONFIGS",
+    "TimmNFBlock",
+    "TimmNFNet",
     "StochDepth",
     "WSConv2D",
     "block_schedule",

@@ -10,6 +10,7 @@ from nfnets_jax.models.nf_resnet import NFResNet
 from nfnets_jax.models.nfnet import NFNet
 from nfnets_jax.models.resnet import ResNet
 from nfnets_jax.models.skipinit_resnet import SkipInitResNet
+from nfnets_jax.models.timm_nf import TIMM_NF_MODELS, TimmNFNet
 
 _REGISTRY: dict[str, type] = {
     "NFNet": NFNet,
@@ -23,6 +24,9 @@ _REGISTRY: dict[str, type] = {
     "SkipInit_ResNet": SkipInitResNet,
     "FixupResNet": FixupResNet,
     "Fixup_ResNet": FixupResNet,
+    # timm's own NF family, generic (variant=...) and under each timm name.
+    "TimmNFNet": TimmNFNet,
+    **TIMM_NF_MODELS,
 }
 
 
@@ -56,7 +60,9 @@ def get_model(name: str) -> type:
     Args:
         name: ``'NFNet'``, ``'NFResNet'`` / ``'NF_ResNet'``, ``'NFRegNet'`` /
             ``'NF_RegNet'``, ``'ResNet'`` (normalized baselines), ``'SkipInitResNet'``,
-            ``'FixupResNet'``, or any name added with :func:`register_model`.
+            ``'FixupResNet'``, ``'TimmNFNet'`` or a timm NF name (``'eca_nfnet_l0'``,
+            ``'nf_resnet50'``, ...; see :mod:`nfnets_jax.models.timm_nf`), or any name
+            added with :func:`register_model`.
 
     Returns:
         The class (not an instance): build it inside ``hk.transform``.
