@@ -34,20 +34,21 @@ StableHLO runtimes): ``model.jax_export`` (``jax.export.Exported.serialize()``) 
 Weights are arguments, not constants, so large models serialize too, and the same
 artifact serves fine-tuned weights of the same architecture.
 
-Example:
-    >>> from nfnets_jax import deploy, pretrained
-    >>> model = pretrained.load('F0_haiku.npz')  # doctest: +SKIP
-    >>> deploy.export_saved_model(model.params, model.model_state, model.spec,
-    ...                           'f0_savedmodel')  # doctest: +SKIP
-    >>> import tensorflow as tf  # doctest: +SKIP
-    >>> serve = tf.saved_model.load('f0_savedmodel').signatures['serving_default']
-    >>> serve(images=tf.zeros([2, 480, 640, 3], tf.uint8))['logits'].shape  # doctest: +SKIP
-    TensorShape([2, 1000])
-    >>> exported = deploy.export_stablehlo(model.params, model.model_state, model.spec,
-    ...                                    'f0_stablehlo')  # doctest: +SKIP
-    >>> deploy.load_stablehlo('f0_stablehlo')(np.zeros([3, 256, 256, 3], np.float32)
-    ...                                       )['logits'].shape  # doctest: +SKIP
-    (3, 1000)
+Example (DeepMind's F0; :func:`load_stablehlo` has a runnable one)::
+
+    from nfnets_jax import deploy, pretrained
+    import tensorflow as tf
+
+    model = pretrained.load("F0_haiku.npz")
+    deploy.export_saved_model(model.params, model.model_state, model.spec, "f0_savedmodel")
+    serve = tf.saved_model.load("f0_savedmodel").signatures["serving_default"]
+    serve(images=tf.zeros([2, 480, 640, 3], tf.uint8))["logits"]  # [2, 1000]
+
+    deploy.export_stablehlo(model.params, model.model_state, model.spec, "f0_stablehlo")
+    deploy.load_stablehlo("f0_stablehlo")(np.zeros([3, 256, 256, 3]))["logits"]  # [3, 1000]
+
+The command line does the same: ``python -m experiments.export --checkpoint=F0_haiku.npz
+--out=f0_savedmodel --format=savedmodel`` (guide: ``docs/deploy.md``).
 
 References:
     JAX authors. jax2tf and jax.export (shape polymorphism, native serialization):
@@ -263,9 +264,9 @@ def export_saved_model(
         DeployError: ``path`` exists and is not empty, or cannot be created.
         nfnets_jax.checkpoints.CheckpointMismatchError: the weights do not fit ``spec``.
 
-    Example:
-        >>> export_saved_model(params, {}, spec, '/tmp/f0_savedmodel')  # doctest: +SKIP
-        '/tmp/f0_savedmodel'
+    Example (see the module docstring for calling the signatures)::
+
+        path = export_saved_model(params, {}, spec, "/tmp/f0_savedmodel")
     """
     from jax.experimental import jax2tf
 
@@ -445,10 +446,19 @@ def load_stablehlo(path: str | os.PathLike) -> StableHLOModel:
     Raises:
         DeployError: ``path`` is not a StableHLO export of this project.
 
-    Example:
-        >>> model = load_stablehlo('f0_stablehlo')  # doctest: +SKIP
-        >>> model(np.zeros([3, 256, 256, 3], np.float32))['probabilities'].shape  # doctest: +SKIP
-        (3, 1000)
+    Example (a two-stage NFNet with constant weights, exported for the CPU):
+        >>> import tempfile
+        >>> spec = ModelSpec('NFNet', dict(variant='F0', width_pattern=(16, 16),
+        ...                  depth_pattern=(1, 1), group_width=8, stem_widths=(8, 8, 8)),
+        ...                  num_classes=10, image_size=16, eval_preproc='resize')
+        >>> params = jax.tree.map(lambda x: np.full(x.shape, 0.1, x.dtype), spec.abstract_params())
+        >>> out = tempfile.mkdtemp() + '/tiny'
+        >>> path = export_stablehlo(params, {}, spec, out, platforms=['cpu'])
+        >>> model = load_stablehlo(path)
+        >>> [model(np.zeros([n, 16, 16, 3]))['logits'].shape for n in (1, 3)]  # any batch
+        [(1, 10), (3, 10)]
+        >>> read_metadata(path)['inputs']['images']['shape']
+        [None, 16, 16, 3]
     """
     metadata = read_metadata(path)
     if metadata.get("artifact") != "stablehlo":

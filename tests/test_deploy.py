@@ -287,3 +287,32 @@ def test_export_command_errors(tmp_path, capsys):
         export.parse_args([f"--workdir={tmp_path}", "--out=m", "--format=onnx"])
     with pytest.raises(SystemExit):  # one source, not both
         export.parse_args(["--workdir=a", "--checkpoint=b", "--out=m"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_the_guides_python_examples_run(tmp_path, monkeypatch):
+    """docs/deploy.md's Python blocks, in order, on a tiny stand-in for F0_haiku.npz."""
+    from PIL import Image
+
+    from tests.doc_blocks import REPO, code_blocks
+    from tests.pretrained_helpers import sample_images
+    from tests.test_doc_examples import run_block
+
+    page = REPO / "docs" / "deploy.md"
+    write_released_layout(synthetic_params(1000, seed=3), tmp_path / "F0_haiku.npz")
+    Image.fromarray(sample_images()["chelsea"]).save(tmp_path / "cat.jpg", quality=90)
+    monkeypatch.chdir(tmp_path)
+    serving, tflite, stablehlo, python_api = code_blocks(page, "python")
+    run_block(python_api, str(page))  # writes f0_savedmodel, f0_stablehlo, f0_cpu
+    assert deploy.read_metadata("f0_cpu")["platforms"] == ["cpu"]
+    namespace, _ = run_block(serving, str(page))
+    model = pretrained.load("F0_haiku.npz")
+    expected = model.logits("cat.jpg")
+    np.testing.assert_allclose(namespace["outputs"]["logits"].numpy(), expected, **TOLERANCE)
+    assert namespace["top5"].tolist() == np.argsort(-expected[0])[:5].tolist()
+    namespace, _ = run_block(stablehlo, str(page))
+    assert namespace["outputs"]["logits"].shape == (8, 1000)
+    np.testing.assert_allclose(namespace["logits"], namespace["outputs"]["logits"], **TOLERANCE)
+    run_block(tflite, str(page))
+    assert (tmp_path / "f0.tflite").stat().st_size > 10_000
