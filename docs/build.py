@@ -36,6 +36,7 @@ GUIDE_ORDER = (
     "models",
     "optim",
     "checkpoints",
+    "deploy",
     "launching",
     "baselines",
 )

@@ -9,7 +9,8 @@ The models and optimizer pieces are importable without TensorFlow::
 The input pipelines (`nfnets_jax.data`) and the experiment loop (`nfnets_jax.training`)
 import TensorFlow and load on first access, as does `nfnets_jax.pretrained` (DeepMind's
 released weights in two lines: `pretrained.load('F0_haiku.npz').predict(images)`).
-`nfnets_jax.checkpoints` reads, recognises, fits and writes weights.
+`nfnets_jax.checkpoints` reads, recognises, fits and writes weights; `nfnets_jax.deploy`
+writes a model as a TensorFlow SavedModel or a `jax.export` (StableHLO) artifact.
 
 References:
     Brock, De, Smith, Simonyan. High-Performance Large-Scale Image Recognition Without
@@ -34,7 +35,7 @@ from nfnets_jax.optim import (
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("data", "training", "pretrained")
+_LAZY_SUBMODULES = ("data", "deploy", "training", "pretrained")
 
 
 def __getattr__(name):
@@ -53,6 +54,7 @@ __all__ = [
     "build_optimizer",
     "checkpoints",
     "data",
+    "deploy",
     "ema_update",
     "get_model",
     "load_params",

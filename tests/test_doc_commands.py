@@ -187,7 +187,7 @@ def test_evaluate_predict_export_commands_parse():
         assert predict.parse_args(args).images
     for args in commands_of("experiments.export"):
         parsed = export.parse_args(args)
-        assert parsed.workdir and parsed.out
+        assert (parsed.workdir or parsed.checkpoint) and parsed.out
     with pytest.raises(SystemExit):  # the parsers do reject a mistake
         export.parse_args(["--workdir=/tmp/x", "--out=a.npz", "--format=zip"])
 
