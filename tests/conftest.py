@@ -7,7 +7,12 @@ conftest.
 import ipaddress
 import os
 import socket
+import sys
 import tempfile
+
+# torch's CUDA build (requirements-timm.txt) brings Triton, whose extension segfaults when
+# it loads after TensorFlow (triton 3.8, TF 2.21). CPU torch and timm never need it.
+sys.modules.setdefault("triton", None)
 
 # Four fake CPU devices so every test can exercise real multi-device code paths.
 os.environ["XLA_FLAGS"] = (
