@@ -25,9 +25,11 @@ from DeepMind's models (:class:`~nfnets_jax.models.NFNet`, ``NFResNet``, ``NFReg
   the rate at the last and rescales kept branches by ``1 / keep_prob`` (timm's DropPath).
 
 Parameter paths are ``TimmNFNet/~/stem_conv1``, ``TimmNFNet/~/stages_2_5/~/conv2b``,
-``.../attn_last`` (ECA kernel ``w``), ``.../attn/~/linear`` (SE), ``final_conv``,
-``head_fc``: each maps one to one onto timm's ``state_dict`` keys
-(:mod:`nfnets_jax.checkpoints._src.timm_family`).
+``.../attn_last`` (ECA kernel ``w``), ``.../squeeze_excite[_last]/~/linear`` (SE),
+``final_conv`` and the classifier ``linear`` (named as in :class:`~nfnets_jax.models.NFNet`,
+so the NFNet recipe's AGC and weight-decay groups, head replacement and checkpoint tools
+apply unchanged): each maps one to one onto timm's ``state_dict`` keys
+(:mod:`nfnets_jax.checkpoints._src.timm_models`).
 
 Every timm name is registered in the model registry under its own name (``'eca_nfnet_l0'``
 ...), so a config says ``config.model = 'eca_nfnet_l0'``; ``'TimmNFNet'`` with
@@ -371,8 +373,14 @@ class TimmNFBlock(hk.Module):
                 module = ECA(channels, name="attn" if cfg.reg else "attn_last")
             else:
                 hidden = make_divisible(channels * cfg.attn_rd_ratio, cfg.attn_rd_divisor, 0.0)
+                # Named like the NFNet's SE so the recipe's AGC and weight-decay
+                # patterns treat it the same (clipped, decayed).
                 module = SqueezeExcite(
-                    channels, channels, None, hidden, name="attn" if cfg.reg else "attn_last"
+                    channels,
+                    channels,
+                    None,
+                    hidden,
+                    name="squeeze_excite" if cfg.reg else "squeeze_excite_last",
                 )
             if cfg.reg:
                 self.attn = module
@@ -532,7 +540,7 @@ class TimmNFNet(hk.Module):
             self.num_features = make_divisible(cfg.width_factor * cfg.num_features, cfg.ch_div)
             self.final_conv = conv(self.num_features, 1, 1, "final_conv")
         self.fc = hk.Linear(
-            self.num_classes, w_init=hk.initializers.RandomNormal(0.01, 0), name="head_fc"
+            self.num_classes, w_init=hk.initializers.RandomNormal(0.01, 0), name="linear"
         )
 
     def __call__(

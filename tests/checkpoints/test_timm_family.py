@@ -1,4 +1,4 @@
-"""TIMM_FAMILY: key maps against timm's own key lists, exact round trips, preprocessing.
+"""timm's NF family in TIMM_MODELS: key maps against timm's key lists, round trips, errors.
 
 The golden key lists (tests/data/timm_keys/, written by
 tests/data/make_timm_family_golden.py from timm's definitions) are compared without
@@ -16,13 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets_jax.checkpoints._src import timm_family
-from nfnets_jax.checkpoints._src.timm_family import LAYOUTS, TIMM_FAMILY
+from nfnets_jax import checkpoints
+from nfnets_jax.checkpoints import LAYOUTS, TIMM_MODELS
+from nfnets_jax.checkpoints._src.timm_models import TIMM_FAMILY_NAMES
 from nfnets_jax.errors import NFNetsError
 from nfnets_jax.models import timm_nf
 
 TIMM_KEYS = pathlib.Path(__file__).parents[1] / "data" / "timm_keys"
-NAMES = tuple(TIMM_FAMILY)
+NAMES = TIMM_FAMILY_NAMES
+TIMM_FAMILY = {name: TIMM_MODELS[name] for name in NAMES}
 
 
 def golden(name):
@@ -42,7 +44,9 @@ def test_key_map_gives_timms_keys_and_shapes(name):
     entries = TIMM_FAMILY[name].key_map(like)
     theirs = {k: tuple(shape) for k, shape in golden(name)["state_dict"]}
     converted = jax.eval_shape(
-        lambda tree: {e.timm_key: LAYOUTS[e.layout][0](tree[e.module][e.name]) for e in entries},
+        lambda tree: {
+            e.timm_key: LAYOUTS[e.layout].to_timm(tree[e.module][e.name]) for e in entries
+        },
         like,
     )
     ours = {k: tuple(v.shape) for k, v in converted.items()}
@@ -57,10 +61,10 @@ def test_round_trip_shapes_for_every_model(name):
     entries = TIMM_FAMILY[name].key_map(like)
 
     def round_trip(tree):
-        timm = {e.timm_key: LAYOUTS[e.layout][0](tree[e.module][e.name]) for e in entries}
+        timm = {e.timm_key: LAYOUTS[e.layout].to_timm(tree[e.module][e.name]) for e in entries}
         back = {}
         for e in entries:
-            back.setdefault(e.module, {})[e.name] = LAYOUTS[e.layout][1](timm[e.timm_key])
+            back.setdefault(e.module, {})[e.name] = LAYOUTS[e.layout].from_timm(timm[e.timm_key])
         return back
 
     back = jax.eval_shape(round_trip, like)
@@ -75,53 +79,44 @@ def test_exact_round_trip_of_values(name):
         m: {n: rng.standard_normal(a.shape).astype(np.float32) for n, a in sub.items()}
         for m, sub in like.items()
     }
-    state_dict = timm_family.to_state_dict(params, TIMM_FAMILY[name])
+    state_dict, model = checkpoints.haiku_to_timm(params)  # recognised from the tree
+    assert model.timm_name == name
     assert state_dict["head.fc.weight"].shape[0] == 7  # (out, in)
-    back = timm_family.from_state_dict(state_dict, TIMM_FAMILY[name], like)
+    back, model, classes = checkpoints.timm_to_haiku(state_dict)  # and from the keys
+    assert (model.timm_name, classes) == (name, 7)
     assert back.keys() == params.keys()
     for m in params:
         for n in params[m]:
             np.testing.assert_array_equal(back[m][n], params[m][n])
 
 
-def test_layouts_are_exact_inverses_and_timm_shaped():
-    rng = np.random.default_rng(0)
-    cases = {
-        "conv2d": ((3, 3, 4, 8), (8, 4, 3, 3)),
-        "linear": ((16, 10), (10, 16)),
-        "vector": ((8,), (8,)),
-        "gain4d": ((8,), (8, 1, 1, 1)),
-        "linear1x1": ((16, 4), (4, 16, 1, 1)),
-        "conv1d": ((5,), (1, 1, 5)),
-    }
-    assert set(cases) == set(LAYOUTS)
-    for layout, (haiku_shape, timm_shape) in cases.items():
-        x = rng.standard_normal(haiku_shape).astype(np.float32)
-        to_timm, from_timm = LAYOUTS[layout]
-        assert to_timm(x).shape == timm_shape
-        np.testing.assert_array_equal(from_timm(to_timm(x)), x)
-    # conv2d is HWIO <-> OIHW: element [h, w, i, o] lands at [o, i, h, w].
-    x = rng.standard_normal((3, 3, 4, 8))
-    assert LAYOUTS["conv2d"][0](x)[5, 2, 1, 0] == x[1, 0, 2, 5]
-    # SE: Haiku (in, out) [i, o] <-> timm 1x1 conv (out, in) [o, i].
-    x = rng.standard_normal((16, 4))
-    assert LAYOUTS["linear1x1"][0](x)[3, 11, 0, 0] == x[11, 3]
+def test_the_eca_layout_is_exact_and_timm_shaped():
+    # The layout the family adds to the NFNets' (tests/checkpoints/test_timm.py checks
+    # those): Haiku's ECA kernel (k,) <-> timm's Conv1d(1, 1, k) weight (1, 1, k).
+    x = np.random.default_rng(0).standard_normal(5).astype(np.float32)
+    layout = LAYOUTS["conv1d"]
+    assert layout.to_timm(x).shape == layout.timm_shape(x.shape) == (1, 1, 5)
+    np.testing.assert_array_equal(layout.to_timm(x)[0, 0], x)
+    np.testing.assert_array_equal(layout.from_timm(layout.to_timm(x)), x)
 
 
 def test_mismatched_state_dicts_are_clear_errors():
     entry = TIMM_FAMILY["nf_resnet26"]
     like = abstract("nf_resnet26")
     state_dict = {
-        e.timm_key: np.zeros(jax.eval_shape(LAYOUTS[e.layout][0], like[e.module][e.name]).shape)
+        e.timm_key: np.zeros(
+            jax.eval_shape(LAYOUTS[e.layout].to_timm, like[e.module][e.name]).shape
+        )
         for e in entry.key_map(like)
     }
     del state_dict["stem.conv.gain"]
-    with pytest.raises(NFNetsError, match=r"missing \['stem.conv.gain'\]"):
-        timm_family.from_state_dict(state_dict, entry, like)
-    state_dict["stem.conv.gain"] = np.zeros((64, 1, 1, 1))
-    state_dict["head.fc.weight"] = np.zeros((10, 2048))
-    with pytest.raises(ValueError, match=r"head.fc.weight: shape \(10, 2048\)"):
-        timm_family.from_state_dict(state_dict, entry, like)
+    state_dict["stages.0.0.conv1.weight"] = np.zeros((64, 63, 1, 1))
+    with pytest.raises(checkpoints.TimmMismatchError) as error:
+        checkpoints.timm_to_haiku(state_dict)
+    message = str(error.value)
+    assert "looks like timm's nf_resnet26" in message and "(2 differences)" in message
+    assert "missing: stem.conv.gain (64, 1, 1, 1)" in message
+    assert "mis-shaped: stages.0.0.conv1.weight: file (64, 63, 1, 1) vs (64, 64, 1, 1)" in message
     with pytest.raises(NFNetsError, match="not part of a timm NF-family model"):
         entry.key_map({"NFNet/~/nf_block/~/conv0": {"w": (1,)}})
 
@@ -170,3 +165,46 @@ def test_eval_preprocessing_against_timm_itself():
         assert resolved["crop_pct"] == entry.crop_pct, name
         assert resolved["interpolation"] == entry.interpolation, name
         assert tuple(resolved["mean"]) == entry.mean and tuple(resolved["std"]) == entry.std
+
+
+def test_a_family_file_loads_for_inference_evaluation_and_export(tmp_path):
+    from experiments import evaluate
+    from nfnets_jax import pretrained
+
+    rng = np.random.default_rng(4)
+    spec = checkpoints.timm_model_spec(TIMM_MODELS["nf_regnet_b0"], 1000)
+    params = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32), spec.abstract_params()
+    )
+    path = tmp_path / "nf_regnet_b0.safetensors"
+    checkpoints.save_timm(params, path)
+
+    loaded = checkpoints.load_checkpoint(path)
+    assert (loaded.spec.model, dict(loaded.spec.model_kwargs)) == ("nf_regnet_b0", {})
+    assert (loaded.spec.image_size, loaded.spec.eval_preproc) == (256, "resize_crop_0.9")
+    assert loaded.spec.class_names[281] == "tabby"
+    assert "nf_regnet_b0" in loaded.description
+    for module, leaves in params.items():
+        for name, value in leaves.items():
+            np.testing.assert_array_equal(loaded.params[module][name], value)
+
+    config, origin = evaluate.config_for_checkpoint(str(path))
+    assert "timm" in origin and config.model == "nf_regnet_b0"
+    assert (config.dataset.eval_image_size, config.dataset.eval_preproc) == (256, "resize_crop_0.9")
+    model = pretrained.load(path)
+    assert (model.spec.model, model.image_size) == ("nf_regnet_b0", 256)
+    # And back: the loaded tree writes the same state dict.
+    again, model = checkpoints.haiku_to_timm(loaded.params)
+    assert model.timm_name == "nf_regnet_b0"
+    written = checkpoints.read_timm_file(path)
+    assert again.keys() == written.keys()
+    for key, value in written.items():
+        np.testing.assert_array_equal(again[key], value)
+
+
+def test_the_readme_table_lists_every_timm_model_with_its_eval_input():
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    for name, model in TIMM_MODELS.items():
+        rows = [line for line in readme if line.startswith(f"| `{name}`")]
+        assert len(rows) == 1, name
+        assert f"| {model.image_size}, {model.crop_pct}" in rows[0], rows[0]

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets_jax import models
-from nfnets_jax.checkpoints._src import timm_family
+from nfnets_jax import checkpoints, models
+from nfnets_jax.checkpoints._src.timm_models import TIMM_FAMILY_NAMES
 from nfnets_jax.models import timm_nf
 from nfnets_jax.models.flops import count_flops, traced_macs
+from nfnets_jax.optim import masks
 
 TIMM_KEYS = pathlib.Path(__file__).parents[1] / "data" / "timm_keys"
 NAMES = tuple(timm_nf.TIMM_NF_CONFIGS)
@@ -43,7 +44,7 @@ def test_every_timm_family_model_is_covered():
     # The folder also holds the dm_nfnet_* lists of DeepMind's NFNets (test_timm.py).
     family_files = [p.stem for p in TIMM_KEYS.glob("*.json") if not p.stem.startswith("dm_")]
     assert sorted(NAMES) == sorted(family_files)
-    assert set(NAMES) == set(timm_family.TIMM_FAMILY)
+    assert set(NAMES) == set(TIMM_FAMILY_NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -52,7 +53,7 @@ def test_parameter_count_is_timms(name):
     count = n_params(params)
     from_shapes = sum(int(np.prod(shape)) for _, shape in golden(name)["state_dict"])
     assert count == from_shapes == golden(name)["num_params"]
-    assert count == timm_family.TIMM_FAMILY[name].num_params
+    assert count == checkpoints.TIMM_MODELS[name].num_params
     # Same number of tensors as timm's state dict (no buffers in these models).
     assert len(jax.tree.leaves(params)) == len(golden(name)["state_dict"])
 
@@ -110,7 +111,7 @@ def test_registry_builds_each_timm_name():
     params, _ = jax.eval_shape(
         lambda x: forward.init(jax.random.key(0), x, True), jnp.zeros((1, 32, 32, 3))
     )
-    assert params["TimmNFNet/~/head_fc"]["w"].shape == (960, 10)
+    assert params["TimmNFNet/~/linear"]["w"].shape == (960, 10)
 
 
 def test_unknown_variant_is_a_clear_error():
@@ -192,7 +193,7 @@ def _randomize_haiku(params, seed):
 @pytest.mark.parametrize("name", PARITY)
 def test_logits_match_timm_both_directions(torch_timm, name):
     torch, timm = torch_timm
-    entry = timm_family.TIMM_FAMILY[name]
+    entry = checkpoints.TIMM_MODELS[name]
     forward = models.transform_model(entry.architecture, 1000, {"conv_impl": "native"})
     # 72 px: odd sizes downstream exercise ceil-mode pooling and symmetric padding.
     x = np.random.default_rng(0).standard_normal((2, 72, 72, 3)).astype(np.float32)
@@ -206,7 +207,7 @@ def test_logits_match_timm_both_directions(torch_timm, name):
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     with torch.no_grad():
         expected = model(x_torch).numpy()
-    ours = np.asarray(apply(timm_family.from_state_dict(state_dict, entry, like), x))
+    ours = np.asarray(apply(checkpoints.timm_to_haiku(state_dict, name)[0], x))
     scale = np.abs(expected).max()
     assert scale > 0.1  # the random weights give non-trivial logits
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * scale)
@@ -215,7 +216,7 @@ def test_logits_match_timm_both_directions(torch_timm, name):
     params = _randomize_haiku(like, seed=2)
     converted = {
         k: torch.from_numpy(np.ascontiguousarray(v))
-        for k, v in timm_family.to_state_dict(params, entry).items()
+        for k, v in checkpoints.haiku_to_timm(params, name)[0].items()
     }
     model.load_state_dict(converted, strict=True)
     with torch.no_grad():
@@ -239,3 +240,28 @@ def test_drop_path_rates_match_timm(torch_timm):
     ours = [b.drop_path_rate for b in blocks]
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)
     assert theirs[0] == 0.0 and theirs[-1] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", ["nfnet_l0", "eca_nfnet_l0", "nf_regnet_b0"])
+def test_the_nfnet_recipe_groups_family_parameters_like_an_nfnets(name):
+    # AGC clips every weight but the classifier's (SE and ECA weights included); weight
+    # decay skips gains and biases.
+    forward = models.transform_model(name, 10, {"conv_impl": "native"})
+    params, _ = jax.eval_shape(
+        lambda x: forward.init(jax.random.key(0), x, False), jnp.zeros((1, 32, 32, 3))
+    )
+    clipped = checkpoints.flatten_params(
+        masks.mask_from_patterns(params, masks.NFNET_NO_CLIP_PATTERNS, invert=True)
+    )
+    decayed = checkpoints.flatten_params(
+        masks.mask_from_patterns(params, masks.NFNET_NO_DECAY_PATTERNS, invert=True)
+    )
+    unclipped = sorted(path for path, clip in clipped.items() if not clip)
+    assert unclipped == ["TimmNFNet/~/linear/w"]
+    for path, decay in decayed.items():
+        leaf = path.rsplit("/", 1)[1]
+        assert decay == (leaf == "w"), path  # gains and biases are not decayed
+    se = [p for p in clipped if "squeeze_excite" in p and p.endswith("/w")]
+    eca = [p for p in clipped if p.endswith("attn_last/w")]
+    assert (len(se) > 0) == (name != "eca_nfnet_l0") and (len(eca) > 0) == (name == "eca_nfnet_l0")
+    assert all(clipped[p] and decayed[p] for p in se + eca)

@@ -130,3 +130,34 @@ def test_fine_tuning_run_export_and_evaluate(fresh, imagenet_file, tmp_path, cap
     # init_from only matters for a fresh start: the run resumes without the file.
     os.remove(path)
     assert loop.train_and_evaluate(config, workdir)["step"] == 1
+
+
+def test_a_timm_family_file_initialises_a_run_of_its_model(tmp_path):
+    # timm's nf_regnet_b0 (1,000 classes, saved in timm's layout) into a 10-class run of
+    # the project's nf_regnet_b0: every body weight from the file, a fresh head.
+    config = tiny_config(model="nf_regnet_b0", init_from=str(tmp_path / "b0.safetensors"))
+    with config.unlocked():
+        config.model_kwargs = type(config.model_kwargs)({"conv_impl": "native"})
+    assert not finetune.resolve_init_from_numerics(config)  # the family has no numerics
+    mapper = parallel.DeviceMapper("pmap")
+    setup = startup.build_setup(config, startup.plan_run(config, mapper), mapper)
+    state = jax.jit(setup.init, out_shardings=mapper.replicated)(
+        jax.random.PRNGKey(0), jnp.zeros(setup.image_shape)
+    )
+    spec = checkpoints.timm_model_spec(checkpoints.TIMM_MODELS["nf_regnet_b0"], 1000)
+    rng = np.random.default_rng(3)
+    source = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32), spec.abstract_params()
+    )
+    assert checkpoints.save_timm(source, config.init_from).timm_name == "nf_regnet_b0"
+
+    new = finetune.init_state_from_checkpoint(
+        state, config.init_from, optimizer=setup.optimizer, mapper=mapper
+    )
+    params, before = flat(new.params), flat(state.params)
+    source = checkpoints.flatten_params(source)
+    assert params.keys() == source.keys()
+    head = {"TimmNFNet/~/linear/w", "TimmNFNet/~/linear/b"}
+    for key, value in params.items():
+        np.testing.assert_array_equal(value, before[key] if key in head else source[key], key)
+    assert params["TimmNFNet/~/linear/w"].shape == (960, 10)

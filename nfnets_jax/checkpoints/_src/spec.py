@@ -89,8 +89,15 @@ class ModelSpec:
             )
 
     def describe(self) -> str:
-        """One line, e.g. ``'NFNet-F0, 1000 classes, 256 px resize_crop_32'``."""
-        name = f"{self.model}-{self.variant}" if self.variant else f"{self.model} (custom)"
+        """One line, e.g. ``'NFNet-F0, 1000 classes, 256 px resize_crop_32'``.
+
+        A model with no variant is ``'<model> (custom)'``, unless it has no keyword
+        arguments either (a fixed architecture such as ``'eca_nfnet_l0'``).
+        """
+        if self.variant:
+            name = f"{self.model}-{self.variant}"
+        else:
+            name = self.model if not self.model_kwargs else f"{self.model} (custom)"
         return f"{name}, {self.num_classes} classes, {self.image_size} px {self.eval_preproc}"
 
     def build(self, *, compute_dtype: Any = None, conv_impl: str | None = None):

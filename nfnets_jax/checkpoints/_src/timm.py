@@ -1,11 +1,12 @@
-"""timm's NFNet weights in and out: state dicts <-> Haiku trees, from one table of models.
+"""timm's NF weights in and out: state dicts <-> Haiku trees, from one table of models.
 
 `timm <https://github.com/huggingface/pytorch-image-models>`_ (PyTorch) ports DeepMind's
-NFNets as ``dm_nfnet_f0`` .. ``dm_nfnet_f6`` and has NF family models of its own. Each is
-described once, by a :class:`TimmModel` in :data:`TIMM_MODELS`: the project model it is,
-its key map (one :class:`KeyMapEntry` per Haiku parameter: the state-dict key and the
-:data:`LAYOUTS` transform between the two layouts) and timm's evaluation preprocessing.
-Everything else here is generic and works from those entries alone:
+NFNets as ``dm_nfnet_f0`` .. ``dm_nfnet_f6`` and has NF family models of its own
+(``eca_nfnet_l0``, ``nf_resnet50``, ``nf_regnet_b1`` ...). Each is described once, by a
+:class:`TimmModel` in :data:`TIMM_MODELS` (:mod:`~nfnets_jax.checkpoints._src.timm_models`):
+the project model it is, its key map (one :class:`KeyMapEntry` per Haiku parameter: the
+state-dict key and the :data:`LAYOUTS` transform between the two layouts) and timm's
+evaluation preprocessing. Everything here is generic and works from those entries alone:
 
 * :func:`read_timm_file` reads a ``.safetensors`` file (the ``safetensors`` package's
   numpy API, no torch) or a ``.pth`` file (``torch.load(weights_only=True)``, only when
@@ -17,21 +18,16 @@ Everything else here is generic and works from those entries alone:
 * :func:`save_timm` writes a ``.safetensors`` file that ``timm.create_model(name,
   pretrained=True, pretrained_cfg_overlay=dict(file=path))`` loads with ``strict=True``;
 * :func:`timm_model_spec` is the :class:`~nfnets_jax.checkpoints.ModelSpec` of a timm
-  model: the architecture with ``numerics='timm'`` (timm's weight-standardization
-  epsilon and exact GELU, see :data:`nfnets_jax.models.nfnet.NUMERICS`) and timm's test
-  size and crop fraction.
-
-Facts about timm are those of timm 1.0.31 (``timm/models/nfnet.py``: ``_dm_nfnet_cfg``,
-``default_cfgs``; ``timm/layers/std_conv.py``: ``ScaledStdConv2dSame``).
+  model: the project architecture (for ``dm_nfnet_*`` with ``numerics='timm'``: timm's
+  weight-standardization epsilon and exact GELU, see
+  :data:`nfnets_jax.models.nfnet.NUMERICS`) and timm's test size and crop fraction.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,11 +36,25 @@ from nfnets_jax.checkpoints._src.fitting import CheckpointMismatchError
 from nfnets_jax.checkpoints._src.formats import CheckpointFormatError
 from nfnets_jax.checkpoints._src.infer import UnrecognizedCheckpointError
 from nfnets_jax.checkpoints._src.spec import ModelSpec
+from nfnets_jax.checkpoints._src.timm_models import (
+    LAYOUTS,
+    NOT_IN_TIMM_REGISTRY,
+    TIMM_FAMILY_NAMES,
+    TIMM_MODELS,
+    KeyMapEntry,
+    Layout,
+    Shapes,
+    TimmModel,
+    nfnet_key_map,
+    timm_family_key_map,
+)
 from nfnets_jax.data import imagenet
 
 __all__ = [
     "LAYOUTS",
+    "NOT_IN_TIMM_REGISTRY",
     "TIMM_EXTENSIONS",
+    "TIMM_FAMILY_NAMES",
     "TIMM_MODELS",
     "KeyMapEntry",
     "Layout",
@@ -59,15 +69,13 @@ __all__ = [
     "nfnet_key_map",
     "read_timm_file",
     "save_timm",
+    "timm_family_key_map",
     "timm_model_spec",
     "timm_to_haiku",
 ]
 
 #: File extensions read as timm state dicts.
 TIMM_EXTENSIONS = (".safetensors", ".pth")
-# timm's IMAGENET_DEFAULT_MEAN / _STD (timm/data/constants.py), the project's too.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Below this share of a model's keys a state dict is "another model", above it "this model
 # with differences" (a missing or extra tensor, a reshaped one).
 _SAME_MODEL_KEY_SHARE = 0.5
@@ -83,219 +91,6 @@ class UnsupportedTimmModelError(UnrecognizedCheckpointError):
 
 class TimmMismatchError(CheckpointMismatchError):
     """A state dict that is almost a supported timm model: every difference is listed."""
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """An exact, invertible transform between a Haiku parameter and a torch tensor.
-
-    Attributes:
-        to_timm: Haiku array -> torch-layout array.
-        from_timm: torch-layout array -> Haiku array.
-        timm_shape: Haiku shape -> torch shape.
-    """
-
-    to_timm: Callable[[np.ndarray], np.ndarray]
-    from_timm: Callable[[np.ndarray], np.ndarray]
-    timm_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
-
-
-def _identity(array: np.ndarray) -> np.ndarray:
-    return array
-
-
-#: Every layout, by name. Haiku convs are HWIO and linears (in, out); torch convs OIHW,
-#: linears (out, in), timm's weight-standardization gains (O, 1, 1, 1), its SE "linears"
-#: 1x1 convs, its skip gains 0-d tensors.
-LAYOUTS: dict[str, Layout] = {
-    "conv2d": Layout(
-        to_timm=lambda a: a.transpose(3, 2, 0, 1),
-        from_timm=lambda t: t.transpose(2, 3, 1, 0),
-        timm_shape=lambda s: (s[3], s[2], s[0], s[1]),
-    ),
-    "linear": Layout(
-        to_timm=lambda a: a.T,
-        from_timm=lambda t: t.T,
-        timm_shape=lambda s: (s[1], s[0]),
-    ),
-    "linear1x1": Layout(
-        to_timm=lambda a: a.T[:, :, None, None],
-        from_timm=lambda t: t[:, :, 0, 0].T,
-        timm_shape=lambda s: (s[1], s[0], 1, 1),
-    ),
-    "vector": Layout(to_timm=_identity, from_timm=_identity, timm_shape=tuple),
-    "gain4d": Layout(
-        to_timm=lambda a: a.reshape(-1, 1, 1, 1),
-        from_timm=lambda t: t.reshape(-1),
-        timm_shape=lambda s: (s[0], 1, 1, 1),
-    ),
-    "scalar": Layout(to_timm=_identity, from_timm=_identity, timm_shape=tuple),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class KeyMapEntry:
-    """One parameter: its Haiku path, its state-dict key and the layout between them."""
-
-    module: str
-    name: str
-    timm_key: str
-    layout: str
-
-
-Shapes = Mapping[str, Mapping[str, tuple[int, ...]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class TimmModel:
-    """A timm model and the project model it is (see the module docstring).
-
-    Attributes:
-        timm_name: timm's name (``timm.create_model(timm_name)``).
-        architecture: the project's registry name (``nfnets_jax.models.get_model``).
-        model_kwargs: keyword arguments of the project model (variant, numerics, ...).
-        key_map: Haiku shapes ``{module: {param: shape}}`` -> one entry per parameter.
-        image_size: timm's test input size (``test_input_size`` of its pretrained cfg).
-        crop_pct: timm's evaluation crop fraction.
-        interpolation: timm's resize interpolation (``'bicubic'`` ...).
-        mean: timm's normalization mean.
-        std: timm's normalization std.
-        num_params: timm's parameter count with 1,000 classes.
-    """
-
-    timm_name: str
-    architecture: str
-    model_kwargs: Mapping[str, Any]
-    key_map: Callable[[Shapes], list[KeyMapEntry]]
-    image_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_params: int
-
-
-# ------------------------------------------------------------------- NFNet key map
-
-# Haiku submodule of an NFNet block -> timm's (NormFreeBlock), and the layout of its `w`.
-_NFNET_BLOCK_MODULES = {
-    "conv0": ("conv1", "conv2d"),
-    "conv1": ("conv2", "conv2d"),
-    "conv1b": ("conv2b", "conv2d"),
-    "conv2": ("conv3", "conv2d"),
-    "conv_shortcut": ("downsample.conv", "conv2d"),
-    "squeeze_excite/~/linear": ("attn_last.fc1", "linear1x1"),
-    "squeeze_excite/~/linear_1": ("attn_last.fc2", "linear1x1"),
-}
-# Haiku parameter -> timm's, with its layout (None: the module's weight layout).
-_PARAM_NAMES = {
-    "w": ("weight", None),
-    "gain": ("gain", "gain4d"),
-    "bias": ("bias", "vector"),
-    "b": ("bias", "vector"),
-    "skip_gain": ("skipinit_gain", "scalar"),
-}
-_BLOCK = re.compile(r"^nf_block(?:_(\d+))?$")
-_STEM = re.compile(r"^stem_conv(\d+)$")
-
-
-def _entries(module: str, params, prefix: str, weight_layout: str) -> list[KeyMapEntry]:
-    entries = []
-    for name in params:
-        if name not in _PARAM_NAMES:
-            raise UnrecognizedCheckpointError(f"No timm name for parameter '{module}/{name}'.")
-        timm_name, layout = _PARAM_NAMES[name]
-        entries.append(KeyMapEntry(module, name, f"{prefix}.{timm_name}", layout or weight_layout))
-    return entries
-
-
-def nfnet_key_map(shapes: Shapes) -> list[KeyMapEntry]:
-    """Key map of an :class:`~nfnets_jax.models.NFNet` tree to timm's ``NormFreeNet``.
-
-    Stem convs ``stem_conv{k}`` are ``stem.conv{k+1}``; block ``nf_block_{n}`` is
-    ``stages.{s}.{i}`` (a stage opens at each block with a projection shortcut), its
-    ``conv0, conv1, conv1b, conv2`` are ``conv1, conv2, conv2b, conv3``, its shortcut
-    ``downsample.conv``, its SE linears ``attn_last.fc1/fc2`` (1x1 convs) and its
-    ``skip_gain`` ``skipinit_gain``; ``final_conv`` keeps its name and ``linear`` is
-    ``head.fc``. Depths and widths are read from ``shapes``, so one map serves F0..F7.
-
-    Raises:
-        UnrecognizedCheckpointError: a module or parameter with no timm name.
-    """
-    blocks: dict[int, tuple[str, str]] = {}
-    entries: list[KeyMapEntry] = []
-    for module, params in shapes.items():
-        top, _, rest = module.partition("/~/")
-        child, _, sub = rest.partition("/~/")
-        if (match := _STEM.match(child)) and not sub:
-            prefix = f"stem.conv{int(match.group(1)) + 1}"
-            entries += _entries(module, params, prefix, "conv2d")
-        elif child == "final_conv" and not sub:
-            entries += _entries(module, params, "final_conv", "conv2d")
-        elif child == "linear" and not sub:
-            entries += _entries(module, params, "head.fc", "linear")
-        elif match := _BLOCK.match(child):
-            blocks.setdefault(int(match.group(1) or 0), (f"{top}/~/{child}", ""))
-        else:
-            raise UnrecognizedCheckpointError(f"No timm name for module '{module}'.")
-    stage, index = -1, 0
-    for number in sorted(blocks):
-        block, _ = blocks[number]
-        if stage < 0 or f"{block}/~/conv_shortcut" in shapes:
-            stage, index = stage + 1, 0
-        prefix = f"stages.{stage}.{index}"
-        entries += _entries(block, shapes.get(block, {}), prefix, "scalar")
-        for sub, (timm_sub, layout) in _NFNET_BLOCK_MODULES.items():
-            module = f"{block}/~/{sub}"
-            if module in shapes:
-                entries += _entries(module, shapes[module], f"{prefix}.{timm_sub}", layout)
-        known = {f"{block}/~/{sub}" for sub in _NFNET_BLOCK_MODULES} | {block}
-        for module in shapes:
-            if module.startswith(f"{block}/~/") and module not in known:
-                raise UnrecognizedCheckpointError(f"No timm name for module '{module}'.")
-        index += 1
-    return entries
-
-
-# timm's dm_nfnet_f* pretrained cfgs (timm/models/nfnet.py `default_cfgs`, 'dm_in1k'
-# tags): test_input_size and crop_pct, all bicubic with crop_mode='squash' (resize to
-# floor(S / crop_pct) squared ignoring the aspect ratio, centre crop S: the project's
-# 'resize_crop_<crop_pct>'). Parameter counts from timm's definitions (1,000 classes).
-# timm 1.0.31 registers no dm_nfnet_f7: its row is timm's `_dm_nfnet_cfg` at F7's depths
-# (8, 16, 48, 24) (a `NormFreeNet`), with DeepMind's F7 test preprocessing (608 px,
-# resize 640 and crop 608: crop_pct 0.95).
-_DM_NFNET_CFGS = {
-    "F0": (256, 0.9, 71_489_284),
-    "F1": (320, 0.91, 132_634_256),
-    "F2": (352, 0.92, 193_779_228),
-    "F3": (416, 0.94, 254_924_200),
-    "F4": (512, 0.951, 316_069_172),
-    "F5": (544, 0.954, 377_214_144),
-    "F6": (576, 0.956, 438_359_116),
-    "F7": (608, 0.95, 499_504_088),
-}
-#: timm names with a TimmModel here that timm's registry itself lacks.
-NOT_IN_TIMM_REGISTRY = frozenset({"dm_nfnet_f7"})
-
-#: Every supported timm model, by timm name.
-TIMM_MODELS: dict[str, TimmModel] = {
-    f"dm_nfnet_{variant.lower()}": TimmModel(
-        timm_name=f"dm_nfnet_{variant.lower()}",
-        architecture="NFNet",
-        model_kwargs={"variant": variant, "numerics": "timm"},
-        key_map=nfnet_key_map,
-        image_size=size,
-        crop_pct=crop_pct,
-        interpolation="bicubic",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        num_params=count,
-    )
-    for variant, (size, crop_pct, count) in _DM_NFNET_CFGS.items()
-}
 
 
 # ------------------------------------------------------------------------- matching
@@ -457,10 +252,15 @@ def timm_to_haiku(
         ``(params, model, num_classes)``: ``params`` is ``{module: {param: array}}``.
 
     Example:
-        >>> state_dict = read_timm_file('dm_nfnet_f0.safetensors')  # doctest: +SKIP
-        >>> params, model, classes = timm_to_haiku(state_dict)  # doctest: +SKIP
-        >>> model.timm_name, model.model_kwargs  # doctest: +SKIP
-        ('dm_nfnet_f0', {'variant': 'F0', 'numerics': 'timm'})
+        >>> import jax, numpy as np
+        >>> spec = timm_model_spec(TIMM_MODELS['nf_regnet_b0'], 10)
+        >>> zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), spec.abstract_params())
+        >>> state_dict, _ = haiku_to_timm(zeros)
+        >>> state_dict['head.fc.weight'].shape  # torch's (out, in)
+        (10, 960)
+        >>> params, model, classes = timm_to_haiku(state_dict)
+        >>> model.timm_name, classes, params['TimmNFNet/~/linear']['w'].shape
+        ('nf_regnet_b0', 10, (960, 10))
     """
     model, num_classes = match_timm_state_dict(state_dict, timm_name)
     params: dict[str, dict[str, np.ndarray]] = {}
@@ -507,6 +307,8 @@ def timm_model_spec(model: TimmModel, num_classes: int) -> ModelSpec:
     Example:
         >>> timm_model_spec(TIMM_MODELS['dm_nfnet_f1'], 1000).describe()
         'NFNet-F1, 1000 classes, 320 px resize_crop_0.91'
+        >>> timm_model_spec(TIMM_MODELS['nf_regnet_b0'], 10).describe()
+        'nf_regnet_b0, 10 classes, 256 px resize_crop_0.9'
     """
     return ModelSpec(
         model=model.architecture,
@@ -599,7 +401,14 @@ def save_timm(
         The :class:`TimmModel` written.
 
     Example:
-        >>> save_timm(load_params('F0_haiku.npz'), 'dm_nfnet_f0.safetensors')  # doctest: +SKIP
+        >>> import os, tempfile, jax, numpy as np
+        >>> spec = timm_model_spec(TIMM_MODELS['nf_regnet_b0'], 10)
+        >>> zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), spec.abstract_params())
+        >>> path = os.path.join(tempfile.mkdtemp(), 'nf_regnet_b0.safetensors')
+        >>> save_timm(zeros, path).timm_name
+        'nf_regnet_b0'
+        >>> read_timm_file(path)['stem.conv.weight'].shape  # torch's (O, I, H, W)
+        (40, 3, 3, 3)
     """
     from safetensors.numpy import save_file
 
