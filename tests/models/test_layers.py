@@ -96,15 +96,24 @@ def test_wsconv_matches_numpy_closed_form(size, stride, groups, conv_impl):
         assert np.max(np.abs(sym + p["bias"] - got)) > 0.1
 
 
-@pytest.mark.parametrize("var_times_fan_in", [2e-4, 1e-6])
-def test_ws_eps_is_a_floor_on_var_times_fan_in(var_times_fan_in):
-    rng = np.random.default_rng(1)
-    fan_in = 3 * 3 * 4
+def ws_conv_params(var_times_fan_in, seed):
+    """A 3x3 4->5 WSConv2D's parameters whose weights have exactly this var * fan_in.
+
+    Returns ``(noise, w, gain, params)``: ``noise`` has zero mean and unit variance per
+    output channel, ``w`` is it scaled to the variance.
+    """
+    rng = np.random.default_rng(seed)
     noise = rng.normal(size=(3, 3, 4, 5))
     noise = (noise - noise.mean(axis=(0, 1, 2))) / noise.std(axis=(0, 1, 2))
-    w = (noise * math.sqrt(var_times_fan_in / fan_in)).astype(np.float32)
+    w = (noise * math.sqrt(var_times_fan_in / (3 * 3 * 4))).astype(np.float32)
     gain = np.linspace(0.5, 2.0, 5).astype(np.float32)
-    params = {"conv": {"w": w, "gain": gain, "bias": np.zeros(5, np.float32)}}
+    return noise, w, gain, {"conv": {"w": w, "gain": gain, "bias": np.zeros(5, np.float32)}}
+
+
+@pytest.mark.parametrize("var_times_fan_in", [2e-4, 1e-6])
+def test_ws_eps_is_a_floor_on_var_times_fan_in(var_times_fan_in):
+    fan_in = 3 * 3 * 4
+    noise, w, gain, params = ws_conv_params(var_times_fan_in, seed=1)
     f = hk.transform(lambda: WSConv2D(5, 3, name="conv").standardized_weight(4))
     got = np.asarray(f.apply(params, None))
     want = np_standardize(w.astype(np.float64), gain)
@@ -213,13 +222,8 @@ def test_stochdepth_scale_by_keep_and_validation():
 @pytest.mark.parametrize("var_times_fan_in", [2e-4, 1e-6])
 def test_ws_eps_mode_add_is_timms_scaled_std_conv(var_times_fan_in):
     """eps_mode='add': g (w - mean) / sqrt(fan_in * (var + eps)), timm's formula."""
-    rng = np.random.default_rng(2)
     fan_in = 3 * 3 * 4
-    noise = rng.normal(size=(3, 3, 4, 5))
-    noise = (noise - noise.mean(axis=(0, 1, 2))) / noise.std(axis=(0, 1, 2))
-    w = (noise * math.sqrt(var_times_fan_in / fan_in)).astype(np.float32)
-    gain = np.linspace(0.5, 2.0, 5).astype(np.float32)
-    params = {"conv": {"w": w, "gain": gain, "bias": np.zeros(5, np.float32)}}
+    noise, w, gain, params = ws_conv_params(var_times_fan_in, seed=2)
     f = hk.transform(
         lambda: WSConv2D(5, 3, eps=1e-5, eps_mode="add", name="conv").standardized_weight(4)
     )

@@ -145,10 +145,10 @@ class TimmModel:
         key_map: Haiku shapes ``{module: {param: shape}}`` -> one entry per parameter.
         image_size: timm's test input size (``test_input_size`` of its pretrained cfg).
         crop_pct: timm's evaluation crop fraction.
-        interpolation: timm's resize interpolation (``'bicubic'`` ...).
-        mean: timm's normalization mean.
-        std: timm's normalization std.
         num_params: timm's parameter count with 1,000 classes.
+        interpolation: timm's resize interpolation (all these models: ``'bicubic'``).
+        mean: timm's normalization mean (all these models: ImageNet's).
+        std: timm's normalization std.
     """
 
     timm_name: str
@@ -157,10 +157,10 @@ class TimmModel:
     key_map: Callable[[Shapes], list[KeyMapEntry]]
     image_size: int
     crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     num_params: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 # ------------------------------------------------------------------- NFNet key map
@@ -273,9 +273,6 @@ _DM_NFNETS: dict[str, TimmModel] = {
         key_map=nfnet_key_map,
         image_size=size,
         crop_pct=crop_pct,
-        interpolation="bicubic",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
         num_params=count,
     )
     for variant, (size, crop_pct, count) in _DM_NFNET_CFGS.items()
@@ -384,9 +381,6 @@ _TIMM_FAMILY: dict[str, TimmModel] = {
         key_map=timm_family_key_map,
         image_size=size,
         crop_pct=crop,
-        interpolation="bicubic",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
         num_params=count,
     )
     for name, (count, size, crop) in _FACTS.items()
