@@ -9,6 +9,11 @@ Examples:
     # A model of your own: an exported file or a training run directory.
     python -m experiments.predict --checkpoint=/tmp/nfnet_demo --top_k=3 digit.png
 
+    # timm's weights (.safetensors, or .pth with torch installed): dm_nfnet_f0..f6 and
+    # timm's NF family (eca_nfnet_l0, nf_resnet50, nf_regnet_b1, ...), with timm's
+    # numerics and test crop.
+    python -m experiments.predict --checkpoint=eca_nfnet_l0.safetensors cat.jpg
+
 For each image it prints the `--top_k` most probable classes with their probabilities
 and names (ImageNet's for 1,000-class checkpoints, the dataset's for exports and runs).
 The network, its test resolution and its preprocessing are recognised from the
@@ -44,7 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="F0..F6_haiku.npz, a file from experiments.export, or a run directory",
+        help="F0..F6_haiku.npz, a timm .safetensors/.pth file, a file from experiments.export, "
+        "or a run directory",
     )
     parser.add_argument("--top_k", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--image_size", type=int, default=None, help="override the test size")

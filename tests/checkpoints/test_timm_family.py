@@ -208,3 +208,28 @@ def test_the_readme_table_lists_every_timm_model_with_its_eval_input():
         rows = [line for line in readme if line.startswith(f"| `{name}`")]
         assert len(rows) == 1, name
         assert f"| {model.image_size}, {model.crop_pct}" in rows[0], rows[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_files_load_exactly_as_float32(tmp_path, dtype):
+    # Hub weights are often saved in half precision: every value widens exactly.
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    half = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    spec = checkpoints.timm_model_spec(TIMM_MODELS["nf_regnet_b0"], 10)
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32), spec.abstract_params()
+    )
+    state_dict, _ = checkpoints.haiku_to_timm(params)
+    path = tmp_path / f"b0_{dtype}.safetensors"
+    save_file({k: np.ascontiguousarray(v).astype(half) for k, v in state_dict.items()}, str(path))
+    loaded = checkpoints.load_checkpoint(path)
+    assert loaded.spec.model == "nf_regnet_b0" and loaded.spec.num_classes == 10
+    for module, leaves in params.items():
+        for name, value in leaves.items():
+            got = loaded.params[module][name]
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, value.astype(half).astype(np.float32))
+            assert not np.array_equal(got, value)  # the file really was rounded
