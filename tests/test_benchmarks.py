@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from benchmarks import common, train_throughput
+from benchmarks import common, train_step, train_throughput
 from tests.training.tiny import tiny_config
 
 
@@ -42,3 +42,23 @@ def test_train_throughput_measures_the_runs_own_step():
     table = train_throughput.render([("tiny", "tests/training/tiny.py", result)])
     assert "| tiny | `tests/training/tiny.py` | 4 x " in table
     assert f"{result['real_ips'] / result['synthetic_ips']:.2f}" in table
+
+
+def test_train_step_carries_the_state_and_reports_interleaved_medians():
+    narrow = dict(width_pattern=[16], depth_pattern=[1], group_width=8, stem_widths=(8, 8, 8))
+    run, compile_s = train_step.jax_step("F0", 2, 16, "auto", 10, narrow)
+    assert compile_s > 0
+    losses = [run() for _ in range(3)]
+    # The carried rng draws new stochastic-depth and dropout masks at every step.
+    assert all(math.isfinite(v) for v in losses) and len(set(losses)) == 3
+    calls = []
+    runs = {"auto": run, "other": lambda: calls.append(1) or 1.5}
+    results = train_step.interleaved_medians(runs, rounds=2, steps=3)
+    assert len(calls) == 1 + 2 * 3 and results["other"] == (results["other"][0], 1.5)
+    args = train_step.parse_args(["--batch", "2", "--px", "16"])
+    rows = [
+        {"name": "a", "conv": impl, "compile_s": 1.0, "step_s": results[impl][0]} for impl in runs
+    ]
+    table = train_step.render(rows, args, "")
+    ratio = results["auto"][0] / results["other"][0]
+    assert table.startswith(train_step.SECTION) and f"| {ratio:.2f}x |" in table

@@ -109,7 +109,7 @@ class NFRegNetBlock(hk.Module):
             activation: the (gamma-scaled) activation callable.
             stochdepth_rate: this block's rate; a module exists only if in (0, 1).
             name: module name (``nf_block`` / ``nf_block_{k}``).
-            conv_impl: grouped conv lowering (see :mod:`nfnets_jax.models.conv`).
+            conv_impl: convolution lowering (see :mod:`nfnets_jax.models.conv`).
         """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
@@ -235,7 +235,8 @@ class NFRegNet(hk.Module):
             depth_pattern: override of the variant's blocks per stage (beyond the
                 original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
-            conv_impl: grouped conv lowering, ``'auto'``, ``'native'`` or ``'per_group'``.
+            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'`` or
+                ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
         """
         super().__init__(name=name)
         if variant not in nf_regnet_params:

@@ -99,7 +99,8 @@ class NFResBlock(hk.Module):
             use_se: add Squeeze-Excite (``2 * gate``) after ``conv2``.
             se_ratio: Squeeze-Excite hidden ratio.
             name: module name.
-            conv_impl: grouped conv lowering (unused: no grouped convs here).
+            conv_impl: convolution lowering (see :mod:`nfnets_jax.models.conv`; no grouped
+                convs here: only ``'dot'`` (``'auto'`` on CPU) changes anything, its 1x1s).
         """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
@@ -220,7 +221,8 @@ class NFResNet(hk.Module):
             depth_pattern: override of the variant's blocks per stage (beyond the
                 original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
-            conv_impl: grouped conv lowering (NF-ResNets have no grouped convs).
+            conv_impl: convolution lowering (NF-ResNets have no grouped convs; ``'dot'``
+                and ``'auto'`` on CPU run their 1x1 convs as matrix products).
         """
         super().__init__(name=name)
         if variant not in nf_resnet_params:

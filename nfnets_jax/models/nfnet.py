@@ -165,7 +165,7 @@ class NFBlock(hk.Module):
             use_two_convs: include ``conv1b``.
             stochdepth_rate: this block's rate; a module exists only if in (0, 1).
             name: module name (``nf_block`` / ``nf_block_{k}`` in NFNets).
-            conv_impl: grouped conv lowering (see :mod:`nfnets_jax.models.conv`).
+            conv_impl: convolution lowering (see :mod:`nfnets_jax.models.conv`).
 
         Example:
             >>> block = hk.transform(lambda x: NFBlock(16, 16, group_size=8)(x, False))
@@ -326,7 +326,8 @@ class NFNet(hk.Module):
             stem_widths: output channels of the first three stem convs (16, 32, 64).
             compute_dtype: activation dtype (None/float32, bfloat16, float16); parameters
                 are stored in float32 either way.
-            conv_impl: grouped conv lowering, ``'auto'``, ``'native'`` or ``'per_group'``.
+            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'`` or
+                ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
             numerics: ``'deepmind'`` (default: DeepMind's weight-standardization floor
                 and tanh GELU, what their released weights were trained with) or
                 ``'timm'`` (timm's ``dm_nfnet_f*``: eps added to the variance, erf GELU),

@@ -1,4 +1,4 @@
-"""Native vs per-group grouped convolutions: same numbers, same gradients, any layout."""
+"""Native vs per-group vs 1x1-as-dot convolutions: same numbers, same gradients, any layout."""
 
 import jax
 import jax.numpy as jnp
@@ -77,12 +77,13 @@ def test_per_group_in_bfloat16_matches_float32():
 
 
 def test_auto_resolves_per_backend_and_bad_values_are_refused():
-    assert resolve_conv_impl("auto", backend="cpu") == "per_group"
+    assert resolve_conv_impl("auto", backend="cpu") == "dot"
     assert resolve_conv_impl("auto", backend="gpu") == "native"
     assert resolve_conv_impl("auto", backend="tpu") == "native"
     assert resolve_conv_impl("native", backend="cpu") == "native"
-    assert resolve_conv_impl("auto") == "per_group"  # the tests run on CPU
-    with pytest.raises(ValueError, match="'auto', 'native', 'per_group'"):
+    assert resolve_conv_impl("per_group", backend="cpu") == "per_group"
+    assert resolve_conv_impl("auto") == "dot"  # the tests run on CPU
+    with pytest.raises(ValueError, match="'auto', 'native', 'per_group', 'dot'"):
         resolve_conv_impl("grouped")
     with pytest.raises(ValueError, match="must divide"):
         _run(
@@ -95,3 +96,71 @@ def test_auto_resolves_per_backend_and_bad_values_are_refused():
             3,
             ("NHWC", "HWIO", "NHWC"),
         )
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+POINTWISE_CASES = [
+    # (input shape, kernel shape, strides, padding, dilation, groups, dimension numbers)
+    ((1, 8, 8, 16), (1, 1, 16, 24), (1, 1), "SAME", None, 1, NHWC),
+    ((3, 5, 7, 24), (1, 1, 24, 8), (1, 1), "VALID", None, 1, NHWC),
+    ((2, 9, 8, 12), (1, 1, 12, 20), (2, 2), "SAME", None, 1, NHWC),  # odd size, stride 2
+    ((4, 7, 10, 6), (1, 1, 6, 5), (3, 2), "SAME", (2, 2), 1, NHWC),  # dilation is a no-op
+    ((2, 6, 6, 8), (1, 1, 8, 6), (2, 1), [(1, 2), (0, 1)], None, 1, NHWC),
+    ((2, 6, 6, 8), (1, 1, 8, 6), (1, 1), [(-1, 1), (2, -2)], None, 1, NHWC),
+    ((2, 8, 6, 6), (12, 8, 1, 1), (2, 2), "SAME", None, 1, ("NCHW", "OIHW", "NCHW")),
+    ((2, 6, 5, 8), (1, 8, 10, 1), (1, 1), "SAME", None, 1, ("NHWC", "HIOW", "NCHW")),
+    ((2, 6, 6, 12), (1, 1, 4, 9), (1, 1), "SAME", None, 3, NHWC),  # grouped: per-group dots
+]
+
+
+def _conv_primitives(impl, x, w, *conv_args):
+    """The convolution and dot primitives of the forward and backward passes."""
+    loss = lambda x, w: jnp.sum(_run(impl, x, w, *conv_args))
+    eqns = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr.eqns
+    return {str(e.primitive) for e in eqns} & {"conv_general_dilated", "dot_general"}
+
+
+@pytest.mark.parametrize("case", POINTWISE_CASES)
+def test_pointwise_as_dot_equals_native_forward_and_gradients(case):
+    x_shape, w_shape, strides, padding, dilation, groups, dn = case
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    assert _conv_primitives("native", x, w, *case[2:]) == {"conv_general_dilated"}
+    assert _conv_primitives("dot", x, w, *case[2:]) == {"dot_general"}
+    outs, grads = {}, {}
+    for impl in ("native", "dot"):
+        f = lambda x, w, impl=impl: _run(impl, x, w, strides, padding, dilation, groups, dn)
+        outs[impl] = jax.jit(f)(x, w)
+        grads[impl] = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
+    # Entries are sums of C_in ~ N(0, 1) products (|y| up to ~15, the kernel gradient sums
+    # B H W of them); float32 summation order alone differs by ~1e-6 relative.
+    assert outs["dot"].shape == outs["native"].shape
+    scale = float(jnp.max(jnp.abs(outs["native"])))
+    np.testing.assert_allclose(outs["dot"], outs["native"], rtol=1e-5, atol=1e-5 * scale)
+    for g_native, g_dot in zip(grads["native"], grads["dot"], strict=True):
+        scale = float(jnp.max(jnp.abs(g_native)))
+        np.testing.assert_allclose(g_dot, g_native, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_dot_keeps_native_convs_where_the_kernel_is_not_pointwise():
+    x = jnp.ones((1, 6, 6, 8))
+    assert _conv_primitives("dot", x, jnp.ones((3, 3, 8, 4)), (1, 1), "SAME", None, 1, NHWC) == {
+        "conv_general_dilated"
+    }
+    # A grouped 3x3 is split per group as for 'per_group', and stays a convolution.
+    grouped = _conv_primitives("dot", x, jnp.ones((3, 3, 2, 8)), (1, 1), "SAME", None, 4, NHWC)
+    assert grouped == {"conv_general_dilated"}
+    # Padding that leaves no input is left to the convolution (an empty output).
+    empty = _run("dot", x, jnp.ones((1, 1, 8, 4)), (1, 1), [(-6, 0), (0, 0)], None, 1, NHWC)
+    assert empty.shape == (1, 0, 6, 4)
+
+
+def test_dot_in_bfloat16_stays_bfloat16_and_matches_float32():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(1, 1, 16, 8)), jnp.float32) / 4
+    want = _run("native", x, w, (2, 2), "SAME", None, 1, NHWC)
+    got = _run("dot", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (2, 2), "SAME", None, 1, NHWC)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=0.05, atol=0.05)

@@ -69,19 +69,26 @@ def test_tf_same_padding_of_stride_2_is_zero_before_one_after():
 
 
 @pytest.mark.parametrize(
-    "size,stride,groups,conv_impl",
-    [(8, 2, 1, "auto"), (8, 2, 2, "per_group"), (8, 2, 2, "native"), (7, 1, 3, "per_group")],
+    "size,stride,groups,conv_impl,kernel",
+    [
+        (8, 2, 1, "auto", 3),
+        (8, 2, 2, "per_group", 3),
+        (8, 2, 2, "native", 3),
+        (7, 1, 3, "per_group", 3),
+        (7, 2, 1, "dot", 1),  # 1x1 as a matrix product, strided on an odd size
+        (8, 1, 3, "dot", 1),  # a grouped 1x1: one product per group
+    ],
 )
-def test_wsconv_matches_numpy_closed_form(size, stride, groups, conv_impl):
+def test_wsconv_matches_numpy_closed_form(size, stride, groups, conv_impl, kernel):
     rng = np.random.default_rng(0)
     cin, cout = 6, 6
-    params = random_conv_params(rng, 3, cin // groups, cout)
+    params = random_conv_params(rng, kernel, cin // groups, cout)
     x = rng.normal(size=(2, size, size, cin)).astype(np.float32)
     got = apply_conv(
         params,
         x,
         output_channels=cout,
-        kernel_shape=3,
+        kernel_shape=kernel,
         stride=stride,
         feature_group_count=groups,
         conv_impl=conv_impl,
@@ -90,7 +97,7 @@ def test_wsconv_matches_numpy_closed_form(size, stride, groups, conv_impl):
     w_hat = np_standardize(p["w"].astype(np.float64), p["gain"])
     want = np_conv(x.astype(np.float64), w_hat, stride, groups) + p["bias"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    if stride == 2 and size % 2 == 0:
+    if stride == 2 and size % 2 == 0 and kernel == 3:
         # A symmetric (PyTorch padding=1) convolution is measurably different.
         sym = np_conv(x.astype(np.float64), w_hat, stride, groups, pads=((1, 1), (1, 1)))
         assert np.max(np.abs(sym + p["bias"] - got)) > 0.1

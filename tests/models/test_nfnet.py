@@ -165,28 +165,36 @@ def narrow_params():
 
 
 @pytest.mark.slow
-def test_native_and_per_group_give_identical_numbers_and_trees(narrow_params):
+@pytest.mark.parametrize("impl", ["per_group", "dot"])
+def test_conv_impls_give_native_numbers_and_trees(impl, narrow_params):
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     labels = jnp.array([3, 7])
     results = {}
-    for impl in ("native", "per_group"):
-        forward = _narrow_forward(impl, stochdepth_rate=0.5, drop_rate=0.3)
+    for name in ("native", impl):
+        forward = _narrow_forward(name, stochdepth_rate=0.5, drop_rate=0.3)
         tree = tree_shapes(
             jax.eval_shape(lambda k, x: forward.init(k, x, True), jax.random.key(0), x)
         )
 
         def loss(params, rng, forward=forward):
             logits = forward.apply(params, rng, x, True)["logits"]
-            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels]), logits
 
-        value, grads = jax.jit(jax.value_and_grad(loss))(narrow_params, jax.random.key(2))
-        results[impl] = (tree, value, grads)
-    assert results["native"][0] == results["per_group"][0]
-    np.testing.assert_allclose(results["per_group"][1], results["native"][1], rtol=1e-5)
-    for path, g in jax.tree_util.tree_leaves_with_path(results["native"][2]):
-        other = jax.tree_util.tree_leaves_with_path(results["per_group"][2])
-        g2 = dict((jax.tree_util.keystr(p), v) for p, v in other)[jax.tree_util.keystr(path)]
-        np.testing.assert_allclose(g2, g, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        jaxpr = jax.make_jaxpr(grad_fn)(narrow_params, jax.random.key(2))
+        convs = str(jaxpr).count("conv_general_dilated")
+        (value, logits), grads = jax.jit(grad_fn)(narrow_params, jax.random.key(2))
+        results[name] = (tree, value, logits, grads, convs)
+    (tree, value, logits, grads, convs), (tree2, value2, logits2, grads2, convs2) = results.values()
+    assert tree2 == tree
+    assert convs2 != convs  # the lowering really differs (groups split, or 1x1 dots)
+    scale = float(jnp.max(jnp.abs(logits)))
+    np.testing.assert_allclose(logits2, logits, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(value2, value, rtol=1e-5)
+    other = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(grads2)}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        key = jax.tree_util.keystr(path)
+        np.testing.assert_allclose(other[key], g, rtol=1e-4, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.slow

@@ -344,7 +344,7 @@ def load(
         class_names: names of the classes (default: ImageNet's for 1,000 classes, the
             dataset's for exports and runs).
         compute_dtype: activation dtype (default float32; ``jnp.bfloat16`` on TPU/GPU).
-        conv_impl: grouped convolution lowering (``'auto'`` picks the fastest here).
+        conv_impl: convolution lowering (``'auto'`` picks the fastest here).
         batch_size: images per forward pass.
 
     Returns:

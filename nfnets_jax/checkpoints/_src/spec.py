@@ -105,7 +105,7 @@ class ModelSpec:
 
         Args:
             compute_dtype: activation dtype (None: float32; ``jnp.bfloat16`` on TPU/GPU).
-            conv_impl: grouped-convolution lowering, overriding the spec's (``'auto'``...).
+            conv_impl: convolution lowering, overriding the spec's (``'auto'``...).
         """
         kwargs = dict(self.model_kwargs)
         if conv_impl is not None:
