@@ -1,4 +1,4 @@
-"""One NFNet training step under two convolution lowerings, next to timm's on PyTorch.
+"""One NFNet training step (or eval forward) per convolution lowering, next to timm's.
 
 Run ``python -m benchmarks.train_step --help``. The step is what a run does per batch,
 without the input pipeline: the model's training forward (stochastic depth and dropout
@@ -12,10 +12,13 @@ too: the same batch and resolution, ``torch.set_num_threads(os.cpu_count())``, c
 entropy, ``timm.utils.adaptive_clip_grad`` (0.01, eps 1e-3) on every parameter but the
 classifier, then ``torch.optim.SGD`` (Nesterov momentum 0.9, weight decay 2e-5).
 
+``--inference`` times the evaluation forward instead (``is_training=False``, jitted; timm's
+``model.eval()`` under ``torch.inference_mode()``), e.g. ``--inference --batch 4 --px 256``.
+
 The contenders run interleaved (A B C A B C ...) for ``--rounds`` rounds of ``--steps``
 steps each after one warm-up step, and each reports the median step over all its timed
 steps, so a load change on a shared machine hits them alike. ``--record`` writes the
-table into the ``## Training step`` section of BENCHMARKS.md.
+table into the ``## Training step`` (``## Inference step``) section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from nfnets_jax.models.conv import resolve_conv_impl
 from nfnets_jax.optim import build_optimizer, nfnet_optimizer_config
 
 SECTION = "## Training step"
+INFERENCE_SECTION = "## Inference step"
 # The NFNet recipe: weight decay 2e-5, AGC clipping 0.01 with eps 1e-3 (nfnet_optimizer_config).
 _WEIGHT_DECAY, _CLIPPING, _AGC_EPS = 2e-5, 0.01, 1e-3
 
@@ -103,6 +107,48 @@ def jax_step(
     return run, compile_s
 
 
+def jax_inference(
+    variant: str,
+    batch: int,
+    px: int,
+    conv_impl: str,
+    num_classes: int = 1000,
+    model_kwargs: dict | None = None,
+) -> tuple[Callable[[], float], float]:
+    """A compiled NFNet evaluation forward; arguments and result as :func:`jax_step`'s.
+
+    ``run()`` returns the first logit (so a test can compare lowerings).
+    """
+    model_cls = get_model("NFNet")
+    kwargs = dict(model_kwargs or {}, conv_impl=conv_impl)
+    forward = hk.without_apply_rng(
+        hk.transform(lambda x: model_cls(num_classes, variant, **kwargs)(x, is_training=False))
+    )
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, px, px, 3)), jnp.float32)
+    params = random_params(jax.eval_shape(forward.init, jax.random.key(0), x))
+    start = time.perf_counter()
+    compiled = jax.jit(lambda p, x: forward.apply(p, x)["logits"]).lower(params, x).compile()
+    compile_s = time.perf_counter() - start
+    return lambda: float(compiled(params, x)[0, 0]), compile_s
+
+
+def torch_inference(variant: str, batch: int, px: int) -> Callable[[], float]:
+    """timm's ``dm_nfnet_<variant>`` evaluation forward on PyTorch CPU."""
+    import timm
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = timm.create_model(f"dm_nfnet_{variant.lower()}", pretrained=False).eval()
+    x = torch.randn(batch, 3, px, px)
+
+    def run() -> float:
+        with torch.inference_mode():
+            return float(model(x)[0, 0])
+
+    return run
+
+
 def torch_step(variant: str, batch: int, px: int) -> Callable[[], float]:
     """timm's ``dm_nfnet_<variant>`` training step on PyTorch CPU (see the module docstring)."""
     import timm
@@ -148,28 +194,36 @@ def interleaved_medians(runs: dict[str, Callable[[], float]], rounds: int, steps
 
 
 def render(rows: list[dict], args, torch_versions: str) -> str:
+    work = (
+        "the evaluation forward (is_training=False)"
+        if args.inference
+        else "forward + backward + AGC + weight decay + Nesterov SGD, parameters carried "
+        "between steps"
+    )
     lines = [
-        SECTION,
+        INFERENCE_SECTION if args.inference else SECTION,
         "",
         f"`python -m benchmarks.train_step {' '.join(sys.argv[1:])}`",
         "",
         f"Measured {time.strftime('%Y-%m-%d')}. Machine: {common.machine()} (at the end of "
         "the run). JAX backend "
         f"{jax.default_backend()}; {common.versions(jax, hk, optax, np)}{torch_versions}.",
-        f"NFNet-{args.variant}, batch {args.batch} at {args.px} px, float32: forward + "
-        "backward + AGC + weight decay + Nesterov SGD, parameters carried between steps. "
+        f"NFNet-{args.variant}, batch {args.batch} at {args.px} px, float32: {work}. "
         f"Interleaved {args.rounds} rounds x {args.steps} steps after a warm-up step; "
-        "median seconds per step. Speed-up is the first row's step time over the row's.",
+        "median seconds per step. Speed-up is the first row's step time over the row's; "
+        "vs timm is timm's step time over the row's (above 1: faster than timm).",
         "",
-        "| step | conv lowering | compile (s) | step (s) | img/s | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| step | conv lowering | compile (s) | step (s) | img/s | speed-up | vs timm |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = rows[0]["step_s"]
+    timm_s = next((r["step_s"] for r in rows if r["impl"] == "timm"), None)
     for r in rows:
         compile_s = "n/a" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        vs_timm = "n/a" if timm_s is None else f"{timm_s / r['step_s']:.2f}x"
         lines.append(
             f"| {r['name']} | {r['conv']} | {compile_s} | {r['step_s']:.3f} | "
-            f"{args.batch / r['step_s']:.1f} | {base / r['step_s']:.2f}x |"
+            f"{args.batch / r['step_s']:.1f} | {base / r['step_s']:.2f}x | {vs_timm} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -183,6 +237,9 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round and run")
     parser.add_argument("--no-timm", action="store_true", help="skip timm's PyTorch step")
+    parser.add_argument(
+        "--inference", action="store_true", help="time the evaluation forward instead"
+    )
     parser.add_argument("--record", action="store_true", help="write into BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -191,7 +248,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     runs, rows = {}, []
     for impl in (i.strip() for i in args.impls.split(",")):
-        runs[impl], compile_s = jax_step(args.variant, args.batch, args.px, impl)
+        make = jax_inference if args.inference else jax_step
+        runs[impl], compile_s = make(args.variant, args.batch, args.px, impl)
         conv = impl if impl == resolve_conv_impl(impl) else f"{impl} ({resolve_conv_impl(impl)})"
         rows.append({"name": f"nfnets_jax NFNet-{args.variant}", "conv": conv, "impl": impl})
         rows[-1]["compile_s"] = compile_s
@@ -204,7 +262,8 @@ def main(argv=None) -> None:
         except ImportError as e:
             print(f"timm step skipped: {e}", flush=True)
         else:
-            runs["timm"] = torch_step(args.variant, args.batch, args.px)
+            make = torch_inference if args.inference else torch_step
+            runs["timm"] = make(args.variant, args.batch, args.px)
             rows.append({"name": f"timm dm_nfnet_{args.variant.lower()} (torch)",
                          "conv": "torch", "impl": "timm", "compile_s": None})  # fmt: skip
             torch_versions = f", torch {torch.__version__}, timm {timm.__version__}"
@@ -215,7 +274,7 @@ def main(argv=None) -> None:
     text = render(rows, args, torch_versions)
     print(text)
     if args.record:
-        common.write_section(SECTION, text)
+        common.write_section(INFERENCE_SECTION if args.inference else SECTION, text)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,23 @@ def test_train_step_carries_the_state_and_reports_interleaved_medians():
     assert len(calls) == 1 + 2 * 3 and results["other"] == (results["other"][0], 1.5)
     args = train_step.parse_args(["--batch", "2", "--px", "16"])
     rows = [
-        {"name": "a", "conv": impl, "compile_s": 1.0, "step_s": results[impl][0]} for impl in runs
+        {"name": "a", "conv": impl, "impl": impl, "compile_s": 1.0, "step_s": results[impl][0]}
+        for impl in runs
     ]
     table = train_step.render(rows, args, "")
     ratio = results["auto"][0] / results["other"][0]
-    assert table.startswith(train_step.SECTION) and f"| {ratio:.2f}x |" in table
+    assert table.startswith(train_step.SECTION) and f"| {ratio:.2f}x | n/a |" in table
+    rows[1]["impl"] = "timm"  # the last column is timm's time over each row's
+    assert f"| {ratio:.2f}x | {ratio:.2f}x |" in train_step.render(rows, args, "")
+
+
+def test_inference_step_equals_across_lowerings_and_has_its_own_section():
+    narrow = dict(width_pattern=[16], depth_pattern=[1], group_width=8, stem_widths=(8, 8, 8))
+    native, _ = train_step.jax_inference("F0", 2, 16, "native", 10, narrow)
+    dot, compile_s = train_step.jax_inference("F0", 2, 16, "dot", 10, narrow)
+    assert compile_s > 0
+    assert math.isclose(native(), dot(), rel_tol=1e-5, abs_tol=1e-6)
+    args = train_step.parse_args(["--inference", "--batch", "2"])
+    row = {"name": "a", "conv": "dot", "impl": "dot", "compile_s": 1.0, "step_s": 0.5}
+    table = train_step.render([row], args, "")
+    assert table.startswith(train_step.INFERENCE_SECTION) and "evaluation forward" in table
