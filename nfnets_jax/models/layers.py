@@ -133,15 +133,17 @@ class WSConv2D(hk.Conv2D):
         w = hk.get_parameter("w", shape, jnp.float32, init=self.w_init)
         gain = hk.get_parameter("gain", (self.output_channels,), w.dtype, init=jnp.ones)
         w, gain = w.astype(jnp.float32), gain.astype(jnp.float32)
-        fan_in_axes = tuple(range(w.ndim - 1))
-        mean = jnp.mean(w, axis=fan_in_axes, keepdims=True)
-        var = jnp.var(w, axis=fan_in_axes, keepdims=True)
-        fan_in = float(np.prod(shape[:-1]))
+        # Statistics over a [fan_in, C_out] view: XLA:CPU differentiates the reductions of
+        # this 2-D form several times faster than those over (H, W, I) of the 4-D kernel.
+        fan_in = int(np.prod(shape[:-1]))
+        w2 = w.reshape(fan_in, self.output_channels)
+        mean = jnp.mean(w2, axis=0)
+        var = jnp.var(w2, axis=0)
         if self.eps_mode == "floor":
-            scale = lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
+            scale = lax.rsqrt(jnp.maximum(var * float(fan_in), self.eps)) * gain
         else:
-            scale = lax.rsqrt((var + self.eps) * fan_in) * gain
-        return w * scale - mean * scale
+            scale = lax.rsqrt((var + self.eps) * float(fan_in)) * gain
+        return (w2 * scale - mean * scale).reshape(shape)
 
     def __call__(self, inputs: jax.Array, *, precision=None) -> jax.Array:
         del precision

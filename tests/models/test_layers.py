@@ -117,6 +117,47 @@ def ws_conv_params(var_times_fan_in, seed):
     return noise, w, gain, {"conv": {"w": w, "gain": gain, "bias": np.zeros(5, np.float32)}}
 
 
+def np_standardize_grads(w, gain, upstream, eps=1e-4):
+    """Closed-form gradients of ``sum(upstream * np_standardize(w, gain))``.
+
+    With ``c = w - mean`` and ``r = 1 / sqrt(max(sum c^2, eps))`` per output channel,
+    ``dw = gain r [(G - mean G) - r^2 c sum(G c)]`` (the second term vanishes where the
+    floor holds) and ``dgain = r sum(G c)``.
+    """
+    axes = tuple(range(w.ndim - 1))
+    c = w - w.mean(axis=axes, keepdims=True)
+    ss = (c * c).sum(axis=axes, keepdims=True)
+    r = 1 / np.sqrt(np.maximum(ss, eps))
+    gc = (upstream * c).sum(axis=axes, keepdims=True)
+    centred = upstream - upstream.mean(axis=axes, keepdims=True)
+    dw = gain * r * (centred - np.where(ss > eps, r * r, 0.0) * c * gc)
+    return dw, (r * gc).reshape(-1)
+
+
+@pytest.mark.parametrize(
+    "kernel,cin,cout,var_times_fan_in",
+    [(3, 4, 5, 2.0), (1, 16, 3, 0.5), (3, 4, 5, 1e-6)],
+)
+def test_ws_gradients_match_closed_form(kernel, cin, cout, var_times_fan_in):
+    """The 2-D statistics view differentiates to the same numbers as the 4-D maths."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(kernel, kernel, cin, cout))
+    w *= np.sqrt(var_times_fan_in / (kernel * kernel * cin)) / w.std(axis=(0, 1, 2))
+    gain = rng.uniform(0.5, 1.5, size=cout)
+    upstream = rng.normal(size=w.shape)
+    f = hk.transform(lambda: WSConv2D(cout, kernel, name="conv").standardized_weight(cin))
+
+    def loss(w, gain):
+        params = {"conv": {"w": w, "gain": gain, "bias": jnp.zeros(cout)}}
+        return jnp.sum(f.apply(params, None) * upstream.astype(np.float32))
+
+    dw, dgain = jax.grad(loss, argnums=(0, 1))(w.astype(np.float32), gain.astype(np.float32))
+    want_dw, want_dgain = np_standardize_grads(w, gain, upstream)
+    scale = np.abs(want_dw).max()
+    np.testing.assert_allclose(np.asarray(dw), want_dw, atol=2e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(dgain), want_dgain, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("var_times_fan_in", [2e-4, 1e-6])
 def test_ws_eps_is_a_floor_on_var_times_fan_in(var_times_fan_in):
     fan_in = 3 * 3 * 4
