@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nfnets_jax import cli
+from nfnets_jax import cli, host_memory
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.DEFINE_enum(
@@ -70,6 +70,11 @@ def main(argv: list[str]) -> int:
 def run(argv: list[str]) -> None:
     """Reads `--config` and its overrides (with config_flags), then hands the rest to absl."""
     cli.quiet_console(cli.wants_verbose(argv))
+    # Before JAX starts its CPU threads: XLA:CPU's step buffers are then reused instead of
+    # page-faulted in at every step (nfnets_jax/host_memory.py; NFNETS_JAX_KEEP_HOST_MEMORY=0
+    # turns it off).
+    if host_memory.cpu_only_host():
+        host_memory.keep_host_memory()
     rest: list[str] = []
 
     def load() -> None:
