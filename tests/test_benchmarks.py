@@ -6,10 +6,12 @@ report consistent figures and update their BENCHMARKS.md section in place.
 
 import math
 import threading
+from collections import Counter
 
+import jax
 import pytest
 
-from benchmarks import common, train_step, train_throughput
+from benchmarks import common, train_step, train_throughput, vs_timm
 from tests.training.tiny import tiny_config
 
 
@@ -78,3 +80,38 @@ def test_inference_step_equals_across_lowerings_and_has_its_own_section():
     row = {"name": "a", "conv": "dot", "impl": "dot", "compile_s": 1.0, "step_s": 0.5}
     table = train_step.render([row], args, "")
     assert table.startswith(train_step.INFERENCE_SECTION) and "evaluation forward" in table
+
+
+def test_vs_timm_finds_every_f0_layer_by_kind():
+    convs, ses, params = vs_timm.f0_layers("F0", 8, 128)
+    kinds = Counter(vs_timm.conv_kind(c) for c in convs)
+    # 4 stem convs, 12 blocks of 4, 4 stage-transition shortcuts and final_conv.
+    assert len(convs) == 4 + 12 * 4 + 4 + 1 and len(ses) == 12
+    # 1x1: conv0 and conv2 of each block, the shortcuts, final_conv. The 3x3s of the
+    # first stage are 128 wide, one group of 128: dense, as the stem's.
+    assert kinds == {"1x1 convs": 29, "grouped 3x3 convs": 22, "dense 3x3 convs": 6}
+    final = next(c for c in convs if c["name"].endswith("final_conv"))
+    assert final["in_shape"] == (8, 4, 4, 1536) and final["kernel"] == (1, 1, 1536, 3072)
+    assert ses[0] == {"in_shape": (8, 32, 32, 256), "hidden": 128}
+    assert len(jax.tree.leaves(params)) == 233
+
+
+def test_vs_timm_breakdown_rows_run_and_before_equals_after_numerically():
+    # Two stages: a dense 3x3 pair (16 wide, groups of 16), then a grouped one (2 x 16).
+    narrow = dict(width_pattern=[32, 64], depth_pattern=[1, 1], group_width=16,
+                  stem_widths=(8, 8, 8))  # fmt: skip
+    args = vs_timm.parse_args(["--batch", "2", "--px", "16", "--breakdown-rounds", "1"])
+    convs, ses, abstract = vs_timm.f0_layers("F0", 2, 16, narrow)
+    assert {vs_timm.conv_kind(c) for c in convs} == {
+        "1x1 convs", "grouped 3x3 convs", "dense 3x3 convs"}  # fmt: skip
+    for kind in vs_timm.KINDS:
+        before = vs_timm.jax_kind(kind, convs, ses, abstract, 2, after=False)()
+        after = vs_timm.jax_kind(kind, convs, ses, abstract, 2, after=True)()
+        assert math.isclose(before, after, rel_tol=1e-5, abs_tol=1e-6), kind
+    kinds = [{"kind": k, "count": 1, "before": 0.2, "after": 0.1, "timm": 0.05} for k in "ab"]
+    steps = [{"work": "training step", "impl": "auto", "compile_s": 1.0, "seconds": 0.5,
+              "timm": 1.0}]  # fmt: skip
+    table = vs_timm.render(steps, kinds, args, "", True)
+    assert table.startswith(vs_timm.SECTION)
+    assert "| training step | auto | 1.0 | 0.500 | 1.000 | 0.50 |" in table
+    assert "| a | 1 | 200.0 | 100.0 | 50.0 | 2.00 |" in table
