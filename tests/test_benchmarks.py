@@ -11,7 +11,7 @@ from collections import Counter
 import jax
 import pytest
 
-from benchmarks import common, train_step, train_throughput, vs_timm
+from benchmarks import accelerator, common, train_step, train_throughput, vs_timm
 from tests.training.tiny import tiny_config
 
 
@@ -115,3 +115,31 @@ def test_vs_timm_breakdown_rows_run_and_before_equals_after_numerically():
     assert table.startswith(vs_timm.SECTION)
     assert "| training step | auto | 1.0 | 0.500 | 1.000 | 0.50 |" in table
     assert "| a | 1 | 200.0 | 100.0 | 50.0 | 2.00 |" in table
+
+
+def test_accelerator_script_falls_back_to_a_batch_that_fits(monkeypatch):
+    narrow = dict(width_pattern=[16], depth_pattern=[1], group_width=8, stem_widths=(8, 8, 8))
+    real_step = train_step.jax_step
+    tried = []
+
+    def step(variant, batch, *args):
+        tried.append(batch)
+        if batch > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+        return real_step(variant, batch, *args)
+
+    monkeypatch.setattr(train_step, "jax_step", step)
+    argv = ["--px", "16", "--batches", "4,2", "--impls", "native,dot", "--steps", "1",
+            "--warmup", "1", "--peak-n", "64", "--num-classes", "10"]  # fmt: skip
+    text = accelerator.main(argv, narrow)
+    assert tried == [4, 2, 4, 2]
+    assert text.startswith(accelerator.SECTION) and "bfloat16 dense matmul peak" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| native", "| dot"))]
+    assert len(rows) == 2 and all(row.split(" | ")[1] == "2" for row in rows)
+
+    def broken(*args):
+        raise ValueError("a bug, not memory")
+
+    monkeypatch.setattr(train_step, "jax_step", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        accelerator.main(argv, narrow)
