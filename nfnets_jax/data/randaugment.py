@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
+
 from nfnets_jax.data.tf_setup import tf
 
 __all__ = [
@@ -133,18 +135,36 @@ def invert(image: tf.Tensor) -> tf.Tensor:
 
 
 def solarize(image: tf.Tensor, threshold: int) -> tf.Tensor:
-    """Inverts pixels at or above `threshold % 256` (the original's uint8 wrap-around)."""
-    wrapped = tf.constant(int(threshold) % 256, tf.uint8)
+    """Inverts pixels at or above `threshold % 256` (the original's uint8 wrap-around).
+
+    For uint8, `255 - v` is `v XOR 255`: the selected pixels are XOR-ed with 255 (a
+    full-image select is several times slower on CPU than this arithmetic).
+    """
+    wrapped = int(threshold) % 256
     image = _as_uint8(image)
-    return tf.where(image < wrapped, image, 255 - image)
+    if wrapped == 0:
+        return 255 - image
+    flip = tf.cast(image >= tf.constant(wrapped, tf.uint8), tf.uint8) * tf.constant(255, tf.uint8)
+    return tf.bitwise.bitwise_xor(image, flip)
 
 
 def solarize_add(
     image: tf.Tensor, addition: int, threshold: int = SOLARIZE_ADD_THRESHOLD
 ) -> tf.Tensor:
-    """Adds `addition` (clipped to [0, 255]) to pixels below `threshold`."""
+    """Adds `addition` (clipped to [0, 255]) to pixels below `threshold`.
+
+    When no sum can leave [0, 255] (`0 <= addition <= 256 - threshold`, as at every
+    magnitude up to 11) the addition is done in uint8 on the selected pixels; otherwise
+    it is clipped in int32.
+    """
     image = _as_uint8(image)
-    added = tf.clip_by_value(tf.cast(image, tf.int32) + int(addition), 0, 255)
+    addition, threshold = int(addition), int(threshold)
+    if threshold <= 0 or addition == 0:
+        return image
+    if 0 < addition <= 256 - threshold:
+        selected = tf.cast(image < tf.constant(threshold, tf.uint8), tf.uint8)
+        return image + selected * tf.constant(addition, tf.uint8)
+    added = tf.clip_by_value(tf.cast(image, tf.int32) + addition, 0, 255)
     return tf.where(image < threshold, tf.cast(added, tf.uint8), image)
 
 
@@ -234,24 +254,24 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
 
     With the 256-bin histogram `h` of a channel and `step = (sum(h) - h[last nonzero
     bin]) // 255`, pixel value v maps to `(cumsum(h)[v - 1] + step // 2) // step`
-    (0 for v = 0), clipped to 255; channels with `step == 0` are unchanged.
+    (0 for v = 0), clipped to 255; channels with `step == 0` are unchanged. All three
+    channels share one 768-bin histogram and one lookup (integer maths throughout).
     """
     image = _as_uint8(image)
-
-    def equalize_channel(channel: tf.Tensor) -> tf.Tensor:
-        values = tf.cast(tf.reshape(channel, [-1]), tf.int32)
-        histogram = tf.math.bincount(values, minlength=256, maxlength=256)
-        nonzero = tf.boolean_mask(histogram, histogram > 0)
-        step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-
-        def mapped() -> tf.Tensor:
-            lut = (tf.cumsum(histogram) + step // 2) // tf.maximum(step, 1)
-            lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], axis=0), 0, 255)
-            return tf.cast(tf.gather(lut, tf.cast(channel, tf.int32)), tf.uint8)
-
-        return tf.cond(step > 0, mapped, lambda: channel)
-
-    return tf.stack([equalize_channel(image[:, :, c]) for c in range(3)], axis=2)
+    codes = tf.cast(image, tf.int32) + tf.range(3, dtype=tf.int32) * 256
+    histogram = tf.reshape(
+        tf.math.bincount(tf.reshape(codes, [-1]), minlength=768, maxlength=768), [3, 256]
+    )
+    # Pixels below each value: cumsum(h)[v - 1], and 0 for v = 0.
+    below = tf.cumsum(histogram, axis=1, exclusive=True)
+    # sum(h) - h[last nonzero bin] is the count below the last nonzero bin, the largest
+    # count below a nonzero bin.
+    step = tf.reduce_max(tf.where(histogram > 0, below, 0), axis=1, keepdims=True) // 255
+    # (below + step // 2) // step is 0 at v = 0, as the original's shifted table.
+    lut = tf.minimum((below + step // 2) // tf.maximum(step, 1), 255)
+    lut = tf.cast(tf.where(step > 0, lut, tf.range(256, dtype=tf.int32)), tf.uint8)
+    out = tf.gather(tf.reshape(lut, [-1]), codes)
+    return tf.ensure_shape(out, image.shape)
 
 
 def affine_transform(
@@ -292,6 +312,51 @@ def affine_transform(
     return tf.ensure_shape(out, image.shape)
 
 
+def _rotate_transform(degrees, height, width) -> tf.Tensor:
+    theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    cy = (tf.cast(height, tf.float32) - 1.0) / 2.0
+    cx = (tf.cast(width, tf.float32) - 1.0) / 2.0
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    return tf.stack(
+        [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+    )
+
+
+def _shear_x_transform(level, height, width) -> tf.Tensor:
+    del height, width
+    return tf.stack([1.0, tf.cast(level, tf.float32), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def _shear_y_transform(level, height, width) -> tf.Tensor:
+    del height, width
+    return tf.stack([1.0, 0.0, 0.0, tf.cast(level, tf.float32), 1.0, 0.0, 0.0, 0.0])
+
+
+def _translate_x_transform(pixels, height, width) -> tf.Tensor:
+    del height, width
+    return tf.stack([1.0, 0.0, tf.cast(pixels, tf.float32), 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def _translate_y_transform(pixels, height, width) -> tf.Tensor:
+    del height, width
+    return tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, tf.cast(pixels, tf.float32), 0.0, 0.0])
+
+
+# The geometric ops: the projective map of each, from (signed argument, height, width).
+_TRANSFORMS = {
+    "Rotate": _rotate_transform,
+    "ShearX": _shear_x_transform,
+    "ShearY": _shear_y_transform,
+    "TranslateX": _translate_x_transform,
+    "TranslateY": _translate_y_transform,
+}
+
+
+def _geometric(name: str, image: tf.Tensor, argument, fill: int) -> tf.Tensor:
+    shape = tf.shape(image)
+    return affine_transform(image, _TRANSFORMS[name](argument, shape[0], shape[1]), fill)
+
+
 def rotate(image: tf.Tensor, degrees: tf.Tensor | float, fill: int = FILL_VALUE) -> tf.Tensor:
     """Rotates counter-clockwise by `degrees` about the image centre.
 
@@ -299,39 +364,77 @@ def rotate(image: tf.Tensor, degrees: tf.Tensor | float, fill: int = FILL_VALUE)
     `c = ((W - 1) / 2, (H - 1) / 2)` and `R` the rotation by `theta` in (x, y) pixel
     coordinates (y pointing down), as `tfa.image.rotate` does.
     """
-    theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
-    shape = tf.shape(image)
-    cy = (tf.cast(shape[0], tf.float32) - 1.0) / 2.0
-    cx = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
-    cos, sin = tf.cos(theta), tf.sin(theta)
-    transform = tf.stack(
-        [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
-    )
-    return affine_transform(image, transform, fill)
+    return _geometric("Rotate", image, degrees, fill)
 
 
 def shear_x(image: tf.Tensor, level: tf.Tensor | float, fill: int = FILL_VALUE) -> tf.Tensor:
     """Horizontal shear: output (x, y) reads input (x + level * y, y)."""
-    level = tf.cast(level, tf.float32)
-    return affine_transform(image, tf.stack([1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]), fill)
+    return _geometric("ShearX", image, level, fill)
 
 
 def shear_y(image: tf.Tensor, level: tf.Tensor | float, fill: int = FILL_VALUE) -> tf.Tensor:
     """Vertical shear: output (x, y) reads input (x, level * x + y)."""
-    level = tf.cast(level, tf.float32)
-    return affine_transform(image, tf.stack([1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0, 0.0]), fill)
+    return _geometric("ShearY", image, level, fill)
 
 
 def translate_x(image: tf.Tensor, pixels: tf.Tensor | float, fill: int = FILL_VALUE) -> tf.Tensor:
     """Output (x, y) reads input (x + pixels, y): content moves left by `pixels`."""
-    pixels = tf.cast(pixels, tf.float32)
-    return affine_transform(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0]), fill)
+    return _geometric("TranslateX", image, pixels, fill)
 
 
 def translate_y(image: tf.Tensor, pixels: tf.Tensor | float, fill: int = FILL_VALUE) -> tf.Tensor:
     """Output (x, y) reads input (x, y + pixels): content moves up by `pixels`."""
-    pixels = tf.cast(pixels, tf.float32)
-    return affine_transform(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0]), fill)
+    return _geometric("TranslateY", image, pixels, fill)
+
+
+@functools.cache
+def _warp_table(name: str, argument: float, height: int, width: int, fill: int):
+    """Source pixel of every output pixel of geometric op `name`, for sign -1 and +1.
+
+    The table is made by `affine_transform` itself (same op, same uint8 kernel, same
+    coefficients computed by the same ops) on an image whose pixels spell their own
+    index in 3 bytes, so gathering through it reproduces the op exactly. Pixels the op
+    fills read `(fill, fill, fill)`, the code `fill * 0x010101`, which is no pixel index
+    while `height * width <= fill * 0x010101` (`_warp` checks it); they get index
+    `height * width` (a fill row appended to the image).
+
+    Returns:
+        int32 numpy array [2, height * width] (row 0: sign -1, row 1: sign +1).
+    """
+    with tf.init_scope():
+        index = np.arange(height * width, dtype=np.int64)
+        spelled = np.stack([index & 255, (index >> 8) & 255, (index >> 16) & 255], axis=-1)
+        probe = tf.constant(spelled.reshape(height, width, 3).astype(np.uint8))
+        rows = []
+        for sign in (-1.0, 1.0):
+            signed = tf.constant(sign, tf.float32) * argument
+            read = _geometric(name, probe, signed, fill).numpy().astype(np.int64)
+            source = read[..., 0] | (read[..., 1] << 8) | (read[..., 2] << 16)
+            filled = source == fill * 0x010101
+            rows.append(np.where(filled, height * width, source).reshape(-1))
+    return np.stack(rows).astype(np.int32)
+
+
+def _warp(name: str, image: tf.Tensor, argument: float, sign: tf.Tensor, fill: int):
+    """Geometric op `name` with argument `sign * argument` (sign +-1 float32 tensor).
+
+    With a static image size the op is a row gather through `_warp_table` (several times
+    faster than the projective-transform kernel, and identical); otherwise the kernel
+    runs.
+    """
+    height, width, channels = image.shape
+    if height is None or width is None or channels is None or height * width > fill * 0x010101:
+        return _geometric(name, image, sign * argument, fill)
+    table = tf.constant(_warp_table(name, float(argument), height, width, fill))
+    source = tf.gather(table, tf.cast(sign > 0, tf.int32))
+    pixels = tf.concat(
+        [
+            tf.reshape(image, [height * width, channels]),
+            tf.fill([1, channels], tf.constant(fill, tf.uint8)),
+        ],
+        axis=0,
+    )
+    return tf.reshape(tf.gather(pixels, source), [height, width, channels])
 
 
 def cutout(
@@ -341,18 +444,23 @@ def cutout(
     center_x: tf.Tensor | int,
     fill: int = FILL_VALUE,
 ) -> tf.Tensor:
-    """Fills rows `[cy - pad, cy + pad)` x columns `[cx - pad, cx + pad)` (clipped) with `fill`."""
+    """Fills rows `[cy - pad, cy + pad)` x columns `[cx - pad, cx + pad)` (clipped) with `fill`.
+
+    The image is reassembled from slices around a filled box (copies only, no select).
+    """
     image = _as_uint8(image)
     shape = tf.shape(image)
-    rows = tf.range(shape[0])[:, None]
-    cols = tf.range(shape[1])[None, :]
-    inside = (
-        (rows >= center_y - pad_size)
-        & (rows < center_y + pad_size)
-        & (cols >= center_x - pad_size)
-        & (cols < center_x + pad_size)
-    )
-    return tf.where(inside[:, :, None], tf.constant(fill, tf.uint8), image)
+    center_y = tf.cast(center_y, tf.int32)
+    center_x = tf.cast(center_x, tf.int32)
+    y0 = tf.clip_by_value(center_y - pad_size, 0, shape[0])
+    y1 = tf.maximum(tf.clip_by_value(center_y + pad_size, 0, shape[0]), y0)
+    x0 = tf.clip_by_value(center_x - pad_size, 0, shape[1])
+    x1 = tf.maximum(tf.clip_by_value(center_x + pad_size, 0, shape[1]), x0)
+    band = image[y0:y1]
+    box = tf.fill(tf.stack([y1 - y0, x1 - x0, shape[2]]), tf.constant(fill, tf.uint8))
+    middle = tf.concat([band[:, :x0], box, band[:, x1:]], axis=1)
+    out = tf.concat([image[:y0], middle, image[y1:]], axis=0)
+    return tf.ensure_shape(out, image.shape)
 
 
 def op_argument(name: str, magnitude: float) -> float | int | None:
@@ -402,24 +510,25 @@ def op_argument(name: str, magnitude: float) -> float | int | None:
 def _op_branches(image: tf.Tensor, magnitude: float, sign: tf.Tensor, center: tf.Tensor):
     """One zero-argument callable per op of `OP_NAMES`, in order."""
     arg = {name: op_argument(name, magnitude) for name in OP_NAMES}
-    signed = {name: sign * arg[name] for name in ("Rotate", "ShearX", "ShearY")}
-    signed["TranslateX"] = sign * arg["TranslateX"]
-    signed["TranslateY"] = sign * arg["TranslateY"]
+
+    def warp(name):
+        return lambda: _warp(name, image, arg[name], sign, FILL_VALUE)
+
     return [
         lambda: autocontrast(image),
         lambda: equalize(image),
         lambda: invert(image),
-        lambda: rotate(image, signed["Rotate"]),
+        warp("Rotate"),
         lambda: posterize(image, arg["Posterize"]),
         lambda: solarize(image, arg["Solarize"]),
         lambda: color(image, arg["Color"]),
         lambda: contrast(image, arg["Contrast"]),
         lambda: brightness(image, arg["Brightness"]),
         lambda: sharpness(image, arg["Sharpness"]),
-        lambda: shear_x(image, signed["ShearX"]),
-        lambda: shear_y(image, signed["ShearY"]),
-        lambda: translate_x(image, signed["TranslateX"]),
-        lambda: translate_y(image, signed["TranslateY"]),
+        warp("ShearX"),
+        warp("ShearY"),
+        warp("TranslateX"),
+        warp("TranslateY"),
         lambda: cutout(image, arg["Cutout"], center[0], center[1]),
         lambda: solarize_add(image, arg["SolarizeAdd"]),
     ]
