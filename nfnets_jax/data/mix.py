@@ -154,10 +154,12 @@ def mix_batch(
     q = total // parts
     keys = tf.random.experimental.stateless_split(seed, num=2)
     shape = tf.shape(images)
+    part_shape = tf.concat([[q], shape[1:]], axis=0)
     outputs = []
     if mixup:
         ratio = mixup_ratios(keys[0], mixup_alpha, q)
-        r = ratio[:, None, None, None]
+        # Full-shape weights: the same float32 products as broadcasting them, faster on CPU.
+        r = tf.broadcast_to(ratio[:, None, None, None], part_shape)
         mixed = r * images[:q] + (1.0 - r) * images[q : 2 * q]
         outputs.append(
             {"images": mixed, "ratio": ratio, **_pair(batch, slice(0, q), slice(q, 2 * q))}
@@ -166,7 +168,8 @@ def mix_batch(
         start = 2 * q if mixup else 0
         first, second = slice(start, start + q), slice(start + q, start + 2 * q)
         masks = cutmix_masks(keys[1], q, shape[1], shape[2])
-        mixed = masks * images[first] + (1.0 - masks) * images[second]
+        full_masks = tf.broadcast_to(masks, part_shape)
+        mixed = full_masks * images[first] + (1.0 - full_masks) * images[second]
         ratio = tf.reduce_mean(masks, axis=[1, 2, 3])
         outputs.append({"images": mixed, "ratio": ratio, **_pair(batch, first, second)})
     if len(outputs) == 1:
