@@ -18,6 +18,13 @@ behaviours that the published numbers were trained with (spec section 6.5):
 Randomness is stateless: `randaugment(image, layers, magnitude, seed)` is a pure
 function of `seed` (shape [2] integer tensor), so pipelines can be made reproducible.
 
+Several ops are written for speed on CPU, with exactly the values of their plain
+definitions (tests/data/test_identity.py compares them bit for bit): Solarize and
+SolarizeAdd by uint8 arithmetic instead of a full-image select, Cutout from slices,
+Equalize on one 768-bin histogram of all channels, and, for images of static size, the
+geometric ops as a row gather through a table that the projective-transform kernel
+itself produced for that size, op, magnitude and sign (`_warp_table`).
+
 References:
     Cubuk, Zoph, Shlens, Le. RandAugment: Practical automated data augmentation with a
     reduced search space. arXiv:1909.13719.
