@@ -319,7 +319,8 @@ def render(steps: list[dict], kinds: list[dict], args, torch_versions: str, kept
         f"Measured {time.strftime('%Y-%m-%d')}. Machine: {common.machine()} (at the end of "
         f"the run). JAX backend {jax.default_backend()}; "
         f"{common.versions(jax, hk, optax, np)}{torch_versions}. float32, random weights. "
-        f"Host memory kept for reuse (`keep_host_memory`): {'yes' if kept else 'no'}.",
+        f"Host memory kept for reuse (`keep_host_memory`, for the whole process: timm "
+        f"too): {'yes' if kept else 'no'}.",
         f"Training step: NFNet-{args.variant}, batch {args.batch} at {args.px} px, forward + "
         "backward + AGC + weight decay + Nesterov SGD. Inference: the evaluation forward, "
         f"batch {args.inference_batch} at {args.inference_px} px. Alternated {args.rounds} "
