@@ -71,6 +71,7 @@ import numpy as np
 from nfnets_jax import checkpoints
 from nfnets_jax.checkpoints import LoadedCheckpoint, ModelSpec
 from nfnets_jax.errors import NFNetsError
+from nfnets_jax.models.conv import resolve_conv_impl
 
 __all__ = [
     "DEFAULT_PLATFORMS",
@@ -128,11 +129,12 @@ def _fit(params: hk.Params, state: hk.State | None, spec: ModelSpec, source: str
 
 
 def _conv_impl(platforms: Sequence[str], conv_impl: str | None) -> str:
-    # The lowering is chosen when tracing, once for all platforms: the split form is
-    # faster on XLA:CPU, the native grouped convolution on GPU/TPU (models/conv.py).
+    # The lowering is chosen when tracing, once for all platforms: 'auto''s choice for a
+    # CPU-only export ('dot', per-group convolutions and 1x1 products, much faster on
+    # XLA:CPU), the native convolutions otherwise (models/conv.py).
     if conv_impl is not None:
         return conv_impl
-    return "per_group" if tuple(platforms) == ("cpu",) else "native"
+    return resolve_conv_impl("auto", "cpu") if tuple(platforms) == ("cpu",) else "native"
 
 
 def _serving_fn(spec: ModelSpec, conv_impl: str):
@@ -253,8 +255,9 @@ def export_saved_model(
         path: the directory to create (must not exist, or be empty).
         platforms: JAX platforms to lower the network for (``'cpu'``, ``'cuda'``,
             ``'rocm'``, ``'tpu'``); the graph runs only on these.
-        conv_impl: grouped-convolution lowering; default ``'native'`` (GPU/TPU), or
-            ``'per_group'`` (faster on XLA:CPU) when ``platforms`` is ``('cpu',)``.
+        conv_impl: convolution lowering; default ``'native'`` (GPU/TPU), or ``'dot'``
+            (``conv_impl='auto'``'s CPU choice, faster on XLA:CPU) when ``platforms`` is
+            ``('cpu',)``.
         source: where the weights came from, recorded in the metadata.
 
     Returns:

@@ -217,7 +217,7 @@ def test_export_command_writes_both_artifacts_of_a_run(run_dir, tmp_path, capsys
         printed = capsys.readouterr().out
         assert f"of {model.spec.describe()} (run {run_dir}, step 3, EMA parameters)" in printed
         meta = json.loads((out / "nfnets_jax.json").read_text())
-        assert meta["platforms"] == ["cpu"] and meta["conv_impl"] == "per_group"
+        assert meta["platforms"] == ["cpu"] and meta["conv_impl"] == "dot"
         assert meta["class_names"] == list("0123456789")
         # An export is a new directory: the same --out again is refused.
         assert export.main(argv) == 2
