@@ -12,6 +12,9 @@ too: the same batch and resolution, ``torch.set_num_threads(os.cpu_count())``, c
 entropy, ``timm.utils.adaptive_clip_grad`` (0.01, eps 1e-3) on every parameter but the
 classifier, then ``torch.optim.SGD`` (Nesterov momentum 0.9, weight decay 2e-5).
 
+Like ``experiments.train`` on a CPU-only host, the run first calls
+:func:`nfnets_jax.host_memory.keep_host_memory`, for the whole process.
+
 ``--inference`` times the evaluation forward instead (``is_training=False``, jitted; timm's
 ``model.eval()`` under ``torch.inference_mode()``), e.g. ``--inference --batch 4 --px 256``.
 
@@ -38,6 +41,7 @@ import optax
 
 from benchmarks import common
 from benchmarks.model_step import random_params
+from nfnets_jax import host_memory
 from nfnets_jax.models import get_model
 from nfnets_jax.models.conv import resolve_conv_impl
 from nfnets_jax.optim import build_optimizer, nfnet_optimizer_config
@@ -247,6 +251,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # What experiments.train does on a CPU-only host (for the whole process: timm too).
+    if host_memory.cpu_only_host():
+        host_memory.keep_host_memory()
     runs, rows = {}, []
     for impl in (i.strip() for i in args.impls.split(",")):
         make = jax_inference if args.inference else jax_step
