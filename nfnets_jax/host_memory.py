@@ -61,9 +61,12 @@ def keep_host_memory() -> bool:
         Whether the settings were applied: False off Linux/glibc or when turned off.
 
     Example:
+        >>> import os
         >>> from nfnets_jax.host_memory import keep_host_memory
-        >>> keep_host_memory() in (True, False)
-        True
+        >>> os.environ["NFNETS_JAX_KEEP_HOST_MEMORY"] = "0"  # turned off: nothing changes
+        >>> keep_host_memory()
+        False
+        >>> del os.environ["NFNETS_JAX_KEEP_HOST_MEMORY"]
     """
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
