@@ -12,8 +12,9 @@ too: the same batch and resolution, ``torch.set_num_threads(os.cpu_count())``, c
 entropy, ``timm.utils.adaptive_clip_grad`` (0.01, eps 1e-3) on every parameter but the
 classifier, then ``torch.optim.SGD`` (Nesterov momentum 0.9, weight decay 2e-5).
 
-Like ``experiments.train`` on a CPU-only host, the run first calls
-:func:`nfnets_jax.host_memory.keep_host_memory`, for the whole process.
+On a CPU-only host the run first calls :func:`nfnets_jax.host_memory.keep_host_memory`
+for the whole process (timm too), what ``NFNETS_JAX_KEEP_HOST_MEMORY=1`` does in
+``experiments.train``; ``--no-keep-host-memory`` leaves glibc's defaults.
 
 ``--inference`` times the evaluation forward instead (``is_training=False``, jitted; timm's
 ``model.eval()`` under ``torch.inference_mode()``), e.g. ``--inference --batch 4 --px 256``.
@@ -245,14 +246,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--inference", action="store_true", help="time the evaluation forward instead"
     )
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's malloc defaults")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write into BENCHMARKS.md")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # What experiments.train does on a CPU-only host (for the whole process: timm too).
-    if host_memory.cpu_only_host():
+    # NFNETS_JAX_KEEP_HOST_MEMORY=1 in experiments.train, for the whole process (timm too).
+    if not args.no_keep_host_memory and host_memory.cpu_only_host():
         host_memory.keep_host_memory()
     runs, rows = {}, []
     for impl in (i.strip() for i in args.impls.split(",")):

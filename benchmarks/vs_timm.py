@@ -26,10 +26,10 @@ autograd pass in torch):
 The "before" column is nfnets_jax with ``conv_impl='native'`` and the weight statistics
 over the kernel's (H, W, I) axes (its form before issue 10); "after" is the default.
 
-As ``experiments.train`` does on a CPU-only host, the run first calls
-:func:`nfnets_jax.host_memory.keep_host_memory` (``NFNETS_JAX_KEEP_HOST_MEMORY=0`` turns
-it off). It applies to the whole process, timm included. ``--record`` writes the tables
-into the ``## nfnets_jax vs timm`` section of BENCHMARKS.md.
+On a CPU-only host the run first calls :func:`nfnets_jax.host_memory.keep_host_memory`
+for the whole process, timm included (what ``NFNETS_JAX_KEEP_HOST_MEMORY=1`` does in
+``experiments.train``); ``--no-keep-host-memory`` leaves glibc's defaults. ``--record``
+writes the tables into the ``## nfnets_jax vs timm`` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -371,13 +371,19 @@ def parse_args(argv=None):
     parser.add_argument("--breakdown-rounds", type=int, default=3)
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--no-timm", action="store_true", help="skip timm (tests)")
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's malloc defaults")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write into BENCHMARKS.md")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    kept = host_memory.cpu_only_host() and host_memory.keep_host_memory()
+    kept = (
+        not args.no_keep_host_memory
+        and host_memory.cpu_only_host()
+        and host_memory.keep_host_memory()
+    )
     impls = ["auto"] + (["native"] if args.native else [])
     runs, steps = {}, []
     for work, make, batch, px in (

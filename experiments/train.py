@@ -70,10 +70,10 @@ def main(argv: list[str]) -> int:
 def run(argv: list[str]) -> None:
     """Reads `--config` and its overrides (with config_flags), then hands the rest to absl."""
     cli.quiet_console(cli.wants_verbose(argv))
-    # Before JAX starts its CPU threads: XLA:CPU's step buffers are then reused instead of
-    # page-faulted in at every step (nfnets_jax/host_memory.py; NFNETS_JAX_KEEP_HOST_MEMORY=0
-    # turns it off).
-    if host_memory.cpu_only_host():
+    # Opt-in (NFNETS_JAX_KEEP_HOST_MEMORY=1), before JAX starts its CPU threads: XLA:CPU's
+    # large step buffers are then reused instead of page-faulted in at every step
+    # (nfnets_jax/host_memory.py says when that pays off).
+    if host_memory.requested() and host_memory.cpu_only_host():
         host_memory.keep_host_memory()
     rest: list[str] = []
 
