@@ -10,23 +10,23 @@ import pytest
 
 from nfnets_jax import host_memory
 
-# An 80 MiB output per call: above the 64 MiB a glibc thread arena serves without mmap.
+# An 80 MiB temporary buffer per call (tanh(x @ w1), [81920, 256] float32): above the
+# 64 MiB a glibc thread arena serves without mmap.
 _PROBE = """
-import json, resource, sys
+import json, resource, statistics, sys
 from nfnets_jax.host_memory import keep_host_memory
 applied = keep_host_memory() if sys.argv[1] == "keep" else False
 import jax, jax.numpy as jnp
-f = jax.jit(lambda x: x * 2.0)
-x = jnp.ones((20 * 2**20,), jnp.float32)
-# An aligned request does not fit the exact chunk a freed output leaves, so the heap
-# grows (a dozen outputs, here) until coalesced free chunks serve every call.
-for _ in range(30):
+w1, w2 = jnp.ones((64, 256)), jnp.ones((256, 1))
+f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ w1) @ w2))
+x = jnp.ones((81920, 64))
+f(x).block_until_ready()
+faults = []
+for _ in range(40):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    f(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
-print(json.dumps({"applied": applied, "faults": faults}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": statistics.median(faults)}))
 """
 
 
@@ -48,9 +48,11 @@ def test_large_xla_buffers_are_reused_instead_of_faulted_in():
     default = _faults_per_call("default")
     kept = _faults_per_call("keep")
     assert not default["applied"] and kept["applied"]
-    # Without it, every call faults the fresh output in page by page.
+    # Without it, every call faults its fresh buffer in page by page. With it, the heap
+    # grows now and then (buffers are freed asynchronously, and an aligned request may
+    # not fit a freed chunk), so the median call is the robust figure: it faults nothing.
     assert default["faults"] > 0.9 * pages
-    assert kept["faults"] < 0.15 * pages  # no call, or a rare one, faults
+    assert kept["faults"] < 0.01 * pages
 
 
 @pytest.mark.parametrize("value,wanted", [("1", True), ("on", True), ("0", False), ("", False)])
