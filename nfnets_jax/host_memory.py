@@ -6,7 +6,7 @@ arena with a fresh ``mmap`` and unmaps it when freed, whatever ``M_MMAP_MAX`` sa
 thread arena cannot grow past 64 MiB, so it falls back to ``mmap``). An NFNet training
 step's temporary buffer is hundreds of MiB (about 690 MiB for F0 at batch 8 and 128 px),
 so each step faults it in again, 4 KiB page by page, zeroing each one: about 178,000 minor
-page faults per F0 step on our 2-core CPU (``## Training step`` in BENCHMARKS.md).
+page faults per F0 step on our 2-core CPU (getrusage's ``ru_minflt``, measured by hand).
 
 :func:`keep_host_memory` makes every thread allocate from glibc's main arena
 (``M_ARENA_MAX=1``), which honours ``M_MMAP_MAX=0`` and grows with ``brk``, and keeps up
