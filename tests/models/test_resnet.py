@@ -264,9 +264,11 @@ def test_pn7_pn8_proxy_norm_networks_are_batch_independent_and_stateless(version
     reference = first_example(make, x[:8], True, variables)
     others = x[:8].copy()
     others[1:] = rng.normal(size=(7, 16, 16, 3)) * 3.0 + 1.0
-    # (float32 logits of order 1: rtol covers the summation order of convolutions whose
-    # CPU kernels tile differently for other batch sizes; BatchNorm moves them by > 1e-2.)
-    tolerance = dict(atol=1e-5, rtol=2e-5)
+    # Float32 logits of order 1 whose convolutions' CPU kernels tile, and so sum, in another
+    # order for other batch sizes: that moves a logit by up to 2.2e-5 on an AVX2-only CPU
+    # (1e-5 with AVX-512), whatever its own size. Batch statistics (BatchNorm) move them
+    # by more than 1e-2, 50x the tolerance.
+    tolerance = dict(atol=2e-4, rtol=0)
     np.testing.assert_allclose(first_example(make, others, True, variables), reference, **tolerance)
     for batch in (1, 64):
         np.testing.assert_allclose(
@@ -288,8 +290,8 @@ def test_batch_norm_training_depends_on_the_batch_and_evaluation_does_not():
     train = [first_example(make, batch, True, variables) for batch in (x, others)]
     assert np.abs(train[0] - train[1]).max() > 1e-2
     evaluate = [first_example(make, batch, False, variables) for batch in (x, others, x[:1])]
-    np.testing.assert_allclose(evaluate[1], evaluate[0], atol=1e-5)
-    np.testing.assert_allclose(evaluate[2], evaluate[0], atol=1e-5)
+    np.testing.assert_allclose(evaluate[1], evaluate[0], atol=2e-4)  # as above
+    np.testing.assert_allclose(evaluate[2], evaluate[0], atol=2e-4)
 
 
 def test_metrics_bf16_and_registry():
