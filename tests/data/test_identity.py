@@ -1,12 +1,13 @@
 """The fast data path gives exactly the images of its plain definition, bit for bit.
 
-RandAugment's Solarize, SolarizeAdd, Cutout and Equalize, its geometric ops (a gather
-through a table made by the projective-transform kernel), the normalization
-(full-shape constants) and MixUp/CutMix (full-shape weights) are written for speed. This
-module holds plain reference definitions of them, written independently (tf.where
-selects, the projective-transform kernel per image, per-channel numpy equalisation,
-broadcasting arithmetic), and checks that the pipelines built on either give
-bitwise-equal batches for the same seed: the F0 recipe, and an eval pass.
+RandAugment's Solarize, SolarizeAdd, Cutout, Equalize and AutoContrast, its geometric
+ops (a gather through a table made by the projective-transform kernel), the
+normalization (full-shape constants) and MixUp/CutMix (full-shape weights) are written
+for speed. This module holds plain reference definitions of them, written independently
+(tf.where selects, the projective-transform kernel per image, per-channel numpy
+equalisation and autocontrast, broadcasting arithmetic), and checks that the pipelines
+built on either give bitwise-equal batches for the same seed: the F0 recipe, and an eval
+pass.
 """
 
 import numpy as np
@@ -59,6 +60,24 @@ def _equalize(image):
     return tf.ensure_shape(out, image.shape)
 
 
+def _autocontrast_numpy(image: np.ndarray) -> np.ndarray:
+    """Each channel stretched by float32 `v * scale + offset`, one channel at a time."""
+    out = image.copy()
+    for c in range(image.shape[-1]):
+        values = image[..., c].astype(np.float32)
+        low, high = values.min(), values.max()
+        if high > low:
+            scale = np.float32(255.0) / (high - low)
+            offset = -low * scale
+            out[..., c] = np.clip(values * scale + offset, 0.0, 255.0).astype(np.uint8)
+    return out
+
+
+def _autocontrast(image):
+    out = tf.numpy_function(_autocontrast_numpy, [image], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, image.shape)
+
+
 def _warp(name, image, argument, sign, fill):
     # The projective-transform kernel on the image itself.
     return randaugment._geometric(name, image, sign * argument, fill)
@@ -99,6 +118,7 @@ def reference_ops(monkeypatch):
         ("solarize_add", _solarize_add),
         ("cutout", _cutout),
         ("equalize", _equalize),
+        ("autocontrast", _autocontrast),
         ("_warp", _warp),
     ):
         monkeypatch.setattr(randaugment, name, op)
@@ -169,6 +189,10 @@ def _op_images(height, width):
         smooth.astype(np.uint8),
         np.full((height, width, 3), 200, np.uint8),  # constant: Equalize leaves it
         (rng.integers(0, 2, (height, width, 3)) * 255).astype(np.uint8),
+        # One constant channel and two narrow ones: AutoContrast stretches only those.
+        np.concatenate(
+            [np.full((height, width, 1), 7), rng.integers(40, 90, (height, width, 2))], axis=-1
+        ).astype(np.uint8),
     ]
 
 
@@ -181,6 +205,7 @@ def test_every_fast_op_matches_its_reference(height, width):
         ),
         "Cutout": lambda x, m, s, c: _cutout(x, randaugment.op_argument("Cutout", m), *c),
         "Equalize": lambda x, m, s, c: _equalize(x),
+        "AutoContrast": lambda x, m, s, c: _autocontrast(x),
     }
     for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"):
         reference[name] = lambda x, m, s, c, name=name: randaugment._geometric(
