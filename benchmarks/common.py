@@ -15,13 +15,31 @@ BENCHMARKS_MD = os.path.join(
 )
 
 
+def _vector_isa(flags: set[str]) -> str:
+    """The widest x86 vector extension among /proc/cpuinfo ``flags`` ('' if none known)."""
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in flags:
+            return name
+    return ""
+
+
 def machine() -> str:
-    """CPU model, cores, RAM and the load average now (the machine may be shared)."""
+    """CPU model and vector ISA, cores, RAM and the load average now (may be shared).
+
+    The vector ISA is named because the same model name ("AMD EPYC" in a VM) covers CPUs
+    with and without AVX-512, and XLA's and PyTorch's kernels differ most there.
+    """
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            lines = f.read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         cpu = names[0] if names else cpu
+        flags = next(
+            (line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []
+        )
+        isa = _vector_isa(set(flags))
+        cpu = f"{cpu} ({isa})" if isa else cpu
     except OSError:
         pass
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

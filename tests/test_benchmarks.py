@@ -23,6 +23,13 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     assert path.read_text() == "# Benchmarks\n\n## A\n\nnew a\n\n## B\n\nb\n\n## C\n\nc\n"
 
 
+def test_machine_names_the_widest_vector_extension():
+    assert common._vector_isa({"sse2", "avx", "avx2", "avx512f", "avx512bw"}) == "AVX-512"
+    assert common._vector_isa({"sse2", "avx", "avx2", "fma"}) == "AVX2"
+    assert common._vector_isa({"neon", "asimd"}) == ""
+    assert common.machine().count(" cores, ") == 1
+
+
 def test_median_seconds_calls_warmup_then_steps():
     calls = []
     seconds = common.median_seconds(lambda: calls.append(1), steps=3, warmup=2)
