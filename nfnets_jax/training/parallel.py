@@ -29,6 +29,16 @@ from nfnets_jax.training.step import AXIS
 PARALLELISMS = ("pmap", "shard_map")
 
 
+@jax.jit
+def _add_device_axis(arrays: list) -> list:
+    return [x[None] for x in arrays]
+
+
+@jax.jit
+def _drop_device_axis(arrays: list) -> list:
+    return [x[0] for x in arrays]
+
+
 def local_replica(tree):
     """This process's copy of replicated arrays, so `jax.device_get` works multi-host.
 
@@ -189,29 +199,36 @@ class DeviceMapper:
         if self.parallelism == "shard_map":
             return state
         sharding = NamedSharding(self.local_mesh, P(AXIS))
-        local = self.local_devices
-
-        def stack(x):
-            shards = {s.device: s.data for s in x.addressable_shards}
-            per_device = [shards[d][None] for d in local]
-            return jax.make_array_from_single_device_arrays(
-                (len(local),) + x.shape, sharding, per_device
-            )
-
-        return jax.tree.map(stack, state)
+        return self._relayout(
+            state, _add_device_axis, sharding, lambda s: (len(self.local_devices), *s)
+        )
 
     def from_device_state(self, state):
         """The mapped step's state layout -> canonical replicated state."""
         if self.parallelism == "shard_map":
             return state
-        replicated = self.replicated
+        return self._relayout(state, _drop_device_axis, self.replicated, lambda s: s[1:])
 
-        def unstack(x):
-            shards = {s.device: s.data for s in x.addressable_shards}
-            per_device = [shards[d][0] for d in self.local_devices]
-            return jax.make_array_from_single_device_arrays(x.shape[1:], replicated, per_device)
+    def _relayout(self, state, per_device_fn, sharding, global_shape):
+        """Applies `per_device_fn` to each local device's shards of every leaf at once.
 
-        return jax.tree.map(unstack, state)
+        One jitted call per device over the whole tree, instead of one indexing op per
+        leaf and device: eager indexing compiles a computation for every distinct leaf
+        shape on every device (hundreds for an NFNet's state, about 10 s at the first
+        checkpoint of a run on a 2-core CPU).
+        """
+        leaves, treedef = jax.tree.flatten(state)
+        shards = [{s.device: s.data for s in x.addressable_shards} for x in leaves]
+        moved = {
+            d: per_device_fn([by_device[d] for by_device in shards]) for d in self.local_devices
+        }
+        out = [
+            jax.make_array_from_single_device_arrays(
+                global_shape(x.shape), sharding, [moved[d][i] for d in self.local_devices]
+            )
+            for i, x in enumerate(leaves)
+        ]
+        return jax.tree.unflatten(treedef, out)
 
     def replicate(self, tree):
         """Host (numpy) or single-device values -> canonical replicated state."""
