@@ -21,10 +21,10 @@ function of `seed` (shape [2] integer tensor), so pipelines can be made reproduc
 Several ops are written for speed on CPU, with exactly the values of their plain
 definitions (tests/data/test_identity.py compares them bit for bit): Solarize and
 SolarizeAdd by uint8 arithmetic instead of a full-image select, Cutout from slices,
-Equalize on one 768-bin histogram of all channels, AutoContrast on the channels as
-contiguous rows, and, for images of static size, the
-geometric ops as a row gather through a table that the projective-transform kernel
-itself produced for that size, op, magnitude and sign (`_warp_table`).
+Equalize on one 768-bin histogram of all channels (indexed through full-shape channel
+offsets), AutoContrast on the channels as contiguous rows, and, for images of static
+size, the geometric ops as a row gather through a table that the projective-transform
+kernel itself produced for that size, op, magnitude and sign (`_warp_table`).
 
 References:
     Cubuk, Zoph, Shlens, Le. RandAugment: Practical automated data augmentation with a
