@@ -13,8 +13,8 @@ Then a breakdown by layer kind: every layer of that kind in F0, at the training 
 batch and resolution, run forward and differentiated with respect to its inputs and
 parameters with a fixed random cotangent, all layers of a kind in one jitted function
 (one autograd pass in torch). The cotangent is an input, not a function of the output:
-a `cos(y)` cotangent, as used before, added XLA's CPU cosine (about 4x torch's) to every
-row and made the convolutions look up to 1.9x slower than timm's where they are not.
+a `cos(y)` cotangent, as used before, added XLA's CPU cosine (several times slower than
+torch's) to every row and made the convolutions look slower than timm's.
 
 * 1x1 convolutions, grouped 3x3 convolutions, dense 3x3 convolutions (the stem): the
   convolution alone, on a random kernel;

@@ -240,9 +240,9 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
     """Stretches each channel linearly so its min becomes 0 and its max 255.
 
     Constant channels are left unchanged. Values are truncated to uint8. The channels
-    are processed as the contiguous rows of the transposed `[3, H * W]` image (slicing
-    the interleaved channels, and broadcasting over them, is several times slower on
-    CPU).
+    are processed as the contiguous rows of the transposed `[3, H * W]` image: slicing
+    the interleaved channels and stacking them back costs TensorFlow's CPU kernels more
+    than the two transposes (BENCHMARKS.md, "Where the time goes").
     """
     image = _as_uint8(image)
     rows = tf.transpose(tf.reshape(image, [-1, 3]))
@@ -273,8 +273,9 @@ def _channel_offsets(height: int, width: int) -> np.ndarray:
 def _channel_codes(image: tf.Tensor) -> tf.Tensor:
     """`pixel + 256 * channel` as int32: the index of each value in a [3 * 256] table.
 
-    With a static image size the offsets are a full-shape constant: adding a [3] vector
-    broadcast over the pixels costs TensorFlow's CPU kernel about ten times as much.
+    With a static image size the offsets are a full-shape constant: TensorFlow's CPU
+    kernel adds a [3] vector broadcast over the pixels far more slowly than two arrays
+    of one shape.
     """
     values = tf.cast(image, tf.int32)
     height, width, channels = image.shape
