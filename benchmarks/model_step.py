@@ -233,7 +233,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch", default="2", help="comma-separated batch sizes")
     parser.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16")
     parser.add_argument(
-        "--conv-impls", default="auto", help="comma-separated: auto, native, per_group, dot"
+        "--conv-impls",
+        default="auto",
+        help="comma-separated: auto, native, per_group, dot, patches",
     )
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=5, help="timed runs (median reported)")

@@ -7,7 +7,12 @@ for ``--rounds`` rounds of ``--steps`` steps after a warm-up, with medians:
   dropout, cross-entropy, backward, AGC + weight decay + Nesterov SGD; parameters
   carried) in nfnets_jax (``conv_impl='auto'``) and in timm;
 * the evaluation forward, by default at batch 4 and 256 px;
-* with ``--native``, nfnets_jax's native lowering too (the state before issue 10).
+* with ``--native``, nfnets_jax's native lowering too (the state before issue 10);
+* a float32 ``2048 x 2048`` matmul in JAX (XLA:CPU's dot) and in torch, the run's reference
+  peaks: the two steps' analytic FLOP/s (the model's MACs from
+  :func:`nfnets_jax.models.count_flops` x 2, x 3 for forward + backward) are reported as a
+  fraction of each framework's own matmul speed, which shows how much of a gap is the
+  matrix-product library rather than the graph around it.
 
 Then a breakdown by layer kind: every layer of that kind in F0, at the training step's
 batch and resolution, run forward and differentiated with respect to its inputs and
@@ -51,7 +56,7 @@ import optax
 from benchmarks import common, train_step
 from benchmarks.model_step import random_params
 from nfnets_jax import host_memory
-from nfnets_jax.models import SqueezeExcite, WSConv2D, get_model
+from nfnets_jax.models import SqueezeExcite, WSConv2D, count_flops, get_model
 from nfnets_jax.models.conv import grouped_conv
 from nfnets_jax.optim import adaptive_grad_clip, build_optimizer, nfnet_optimizer_config
 
@@ -66,6 +71,7 @@ KINDS = (
     "optimizer (AGC + SGD)",
 )
 _DN = ("NHWC", "HWIO", "NHWC")
+MATMUL_N = 2048
 
 
 def f0_layers(variant: str, batch: int, px: int, model_kwargs: dict | None = None):
@@ -300,6 +306,39 @@ def torch_kind(kind: str, convs, ses, variant: str) -> Callable[[], float]:
     return run
 
 
+def jax_matmul(n: int = MATMUL_N) -> Callable[[], float]:
+    """A jitted float32 ``n x n`` matmul (``2 n^3`` FLOPs); ``run()`` waits for it."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+
+    def run() -> float:
+        jax.block_until_ready(f(a))
+        return 0.0
+
+    return run
+
+
+def torch_matmul(n: int = MATMUL_N) -> Callable[[], float]:
+    """The same matmul in torch, on ``os.cpu_count()`` threads as timm's steps."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    a = torch.randn(n, n)
+
+    def run() -> float:
+        torch.mm(a, a)
+        return 0.0
+
+    return run
+
+
+def analytic_flops(variant: str, batch: int, px: int, training: bool) -> float:
+    """FLOPs of one step: ``count_flops`` MACs x 2, x 3 more for forward + backward."""
+    model_cls = get_model("NFNet")
+    macs = count_flops(lambda: model_cls(1000, variant), px, px) * batch
+    return 2.0 * macs * (3 if training else 1)
+
+
 def breakdown(args, with_timm: bool, model_kwargs: dict | None = None) -> list[dict]:
     """Interleaved medians of every layer kind: before, after and (optionally) timm."""
     convs, ses, abstract = f0_layers(args.variant, args.batch, args.px, model_kwargs)
@@ -355,6 +394,33 @@ def render(steps: list[dict], kinds: list[dict], args, torch_versions: str, kept
             f"| {s['work']} | {s['impl']} | {s['compile_s']:.1f} | {s['seconds']:.3f} | "
             f"{timm_s} | {ratio} |"
         )
+    rated = [s for s in steps if s.get("flops")]
+    if rated:
+        lines += [
+            "",
+            f"Achieved FLOP/s: the analytic FLOPs of each step over its time, and a float32 "
+            f"{MATMUL_N} x {MATMUL_N} matmul alternated with the steps, in JAX and in torch "
+            "(each framework's own reference peak on this machine). The last two columns are "
+            "each step's FLOP/s as a fraction of its own framework's matmul.",
+            "",
+            "| work | GFLOP | nfnets_jax GFLOP/s | timm GFLOP/s | nfnets_jax / JAX matmul "
+            "| timm / torch matmul |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in rated:
+            ours, theirs = s["flops"] / s["seconds"], None
+            if s.get("timm") is not None:
+                theirs = s["flops"] / s["timm"]
+            peak_ours, peak_theirs = s.get("matmul"), s.get("timm_matmul")
+            cells = [
+                s["work"],
+                f"{s['flops'] / 1e9:.1f}",
+                f"{ours / 1e9:.1f}",
+                "n/a" if theirs is None else f"{theirs / 1e9:.1f}",
+                "n/a" if not peak_ours else f"{ours / peak_ours:.0%}",
+                "n/a" if not (theirs and peak_theirs) else f"{theirs / peak_theirs:.0%}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     if kinds:
         lines += [
             "",
@@ -410,8 +476,10 @@ def main(argv=None) -> None:
     ):
         for impl in impls:
             runs[(work, impl)], compile_s = make(args.variant, batch, px, impl)
-            steps.append({"work": work, "impl": impl, "compile_s": compile_s})
+            flops = analytic_flops(args.variant, batch, px, work == "training step")
+            steps.append({"work": work, "impl": impl, "compile_s": compile_s, "flops": flops})
             print(f"{work} {impl}: compiled in {compile_s:.1f} s", flush=True)
+    runs[("matmul", "jax")] = jax_matmul()
     torch_versions = ""
     if not args.no_timm:
         import timm
@@ -421,11 +489,16 @@ def main(argv=None) -> None:
         runs[("inference", "timm")] = train_step.torch_inference(
             args.variant, args.inference_batch, args.inference_px
         )
+        runs[("matmul", "torch")] = torch_matmul()
         torch_versions = f", torch {torch.__version__}, timm {timm.__version__}"
     results = train_step.interleaved_medians(runs, args.rounds, args.steps)
+    matmul_flops = 2.0 * MATMUL_N**3
     for s in steps:
         s["seconds"] = results[(s["work"], s["impl"])][0]
         s["timm"] = results.get((s["work"], "timm"), (None,))[0]
+        s["matmul"] = matmul_flops / results[("matmul", "jax")][0]
+        if ("matmul", "torch") in results:
+            s["timm_matmul"] = matmul_flops / results[("matmul", "torch")][0]
         print(s, flush=True)
     kinds = [] if args.no_breakdown else breakdown(args, not args.no_timm)
     text = render(steps, kinds, args, torch_versions, kept)

@@ -71,7 +71,6 @@ import numpy as np
 from nfnets_jax import checkpoints
 from nfnets_jax.checkpoints import LoadedCheckpoint, ModelSpec
 from nfnets_jax.errors import NFNetsError
-from nfnets_jax.models.conv import resolve_conv_impl
 
 __all__ = [
     "DEFAULT_PLATFORMS",
@@ -129,12 +128,13 @@ def _fit(params: hk.Params, state: hk.State | None, spec: ModelSpec, source: str
 
 
 def _conv_impl(platforms: Sequence[str], conv_impl: str | None) -> str:
-    # The lowering is chosen when tracing, once for all platforms: 'auto''s choice for a
-    # CPU-only export ('dot', per-group convolutions and 1x1 products, much faster on
-    # XLA:CPU), the native convolutions otherwise (models/conv.py).
+    # The lowering is chosen when tracing, once for all platforms: for a CPU-only export
+    # 'dot' (per-group convolutions and 1x1 products, much faster on XLA:CPU; 'auto''s CPU
+    # choice 'patches' differs from it only in the backward pass, which serving never
+    # runs), the native convolutions otherwise (models/conv.py).
     if conv_impl is not None:
         return conv_impl
-    return resolve_conv_impl("auto", "cpu") if tuple(platforms) == ("cpu",) else "native"
+    return "dot" if tuple(platforms) == ("cpu",) else "native"
 
 
 def _serving_fn(spec: ModelSpec, conv_impl: str):
@@ -256,8 +256,8 @@ def export_saved_model(
         platforms: JAX platforms to lower the network for (``'cpu'``, ``'cuda'``,
             ``'rocm'``, ``'tpu'``); the graph runs only on these.
         conv_impl: convolution lowering; default ``'native'`` (GPU/TPU), or ``'dot'``
-            (``conv_impl='auto'``'s CPU choice, faster on XLA:CPU) when ``platforms`` is
-            ``('cpu',)``.
+            (the forward pass of ``conv_impl='auto'``'s CPU choice, faster on XLA:CPU)
+            when ``platforms`` is ``('cpu',)``.
         source: where the weights came from, recorded in the metadata.
 
     Returns:

@@ -89,6 +89,15 @@ def test_inference_step_equals_across_lowerings_and_has_its_own_section():
     assert table.startswith(train_step.INFERENCE_SECTION) and "evaluation forward" in table
 
 
+def test_vs_timm_counts_the_f0_steps_analytic_flops():
+    # NFNet-F0 is 12.384 GMACs at 256 px (the paper's 12.38 GFLOPs); 128 px is a quarter.
+    inference = vs_timm.analytic_flops("F0", 4, 256, training=False)
+    assert math.isclose(inference, 2 * 4 * 12.384e9, rel_tol=1e-4)
+    # Convolutions scale with the pixels, the SE and classifier layers do not: 0.6% more.
+    training = vs_timm.analytic_flops("F0", 8, 128, training=True)
+    assert 1.0 < training / (3 * 2 * 8 * 12.384e9 / 4) < 1.01
+
+
 def test_vs_timm_finds_every_f0_layer_by_kind():
     convs, ses, params = vs_timm.f0_layers("F0", 8, 128)
     kinds = Counter(vs_timm.conv_kind(c) for c in convs)
@@ -117,10 +126,12 @@ def test_vs_timm_breakdown_rows_run_and_before_equals_after_numerically():
         assert math.isclose(before, after, rel_tol=1e-5, abs_tol=1e-6), kind
     kinds = [{"kind": k, "count": 1, "before": 0.2, "after": 0.1, "timm": 0.05} for k in "ab"]
     steps = [{"work": "training step", "impl": "auto", "compile_s": 1.0, "seconds": 0.5,
-              "timm": 1.0}]  # fmt: skip
+              "timm": 1.0, "flops": 20e9, "matmul": 50e9, "timm_matmul": 80e9}]  # fmt: skip
     table = vs_timm.render(steps, kinds, args, "", True)
     assert table.startswith(vs_timm.SECTION)
     assert "| training step | auto | 1.0 | 0.500 | 1.000 | 0.50 |" in table
+    # 20 GFLOP in 0.5 s is 40 GFLOP/s, 80% of 50; timm's 20 GFLOP/s is 25% of 80.
+    assert "| training step | 20.0 | 40.0 | 20.0 | 80% | 25% |" in table
     assert "| a | 1 | 200.0 | 100.0 | 50.0 | 2.00 |" in table
 
 

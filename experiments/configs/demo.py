@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
             activation="gelu",
             final_conv_mult=2,
             use_two_convs=True,
-            conv_impl="auto",  # CPU: groups split, 1x1 convs as dots; native elsewhere
+            conv_impl="auto",  # CPU: groups split, matrix products ('patches'); native elsewhere
         )
     )
     config.dataset.update(

@@ -42,7 +42,7 @@ def get_config(variant: str = "B0") -> ml_collections.ConfigDict:
             stochdepth_rate=0.1,
             drop_rate=params["drop_rate"],
             activation="silu",
-            conv_impl="auto",  # CPU: groups split, 1x1 convs as dots; native elsewhere
+            conv_impl="auto",  # CPU: groups split, matrix products ('patches'); native elsewhere
         )
     )
     config.dataset.update(

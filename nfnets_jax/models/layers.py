@@ -100,7 +100,8 @@ class WSConv2D(hk.Conv2D):
                 is then ``g (W - mu) / sqrt(N (var + eps))``.
             eps_mode: ``'floor'`` (default) or ``'add'``.
             conv_impl: how the convolution runs: ``'auto'``, ``'native'``,
-                ``'per_group'`` or ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
+                ``'per_group'``, ``'dot'`` or ``'patches'`` (see
+                :mod:`nfnets_jax.models.conv`).
         """
         del with_bias  # Always has a bias, as DeepMind's WSConv2D.
         if mask is not None:

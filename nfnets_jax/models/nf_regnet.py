@@ -235,8 +235,8 @@ class NFRegNet(hk.Module):
             depth_pattern: override of the variant's blocks per stage (beyond the
                 original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
-            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'`` or
-                ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
+            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'``,
+                ``'dot'`` or ``'patches'`` (see :mod:`nfnets_jax.models.conv`).
         """
         super().__init__(name=name)
         if variant not in nf_regnet_params:

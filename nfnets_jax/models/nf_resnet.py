@@ -100,7 +100,8 @@ class NFResBlock(hk.Module):
             se_ratio: Squeeze-Excite hidden ratio.
             name: module name.
             conv_impl: convolution lowering (see :mod:`nfnets_jax.models.conv`; no grouped
-                convs here: only ``'dot'`` (``'auto'`` on CPU) changes anything, its 1x1s).
+                convs here: only ``'dot'`` and ``'patches'`` (``'auto'`` on CPU) change
+                anything, the 1x1s and, for ``'patches'``, the 3x3 kernel gradients).
         """
         super().__init__(name=name)
         self.in_ch, self.out_ch = in_ch, out_ch
@@ -221,8 +222,8 @@ class NFResNet(hk.Module):
             depth_pattern: override of the variant's blocks per stage (beyond the
                 original; for small experiments and tests).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
-            conv_impl: convolution lowering (NF-ResNets have no grouped convs; ``'dot'``
-                and ``'auto'`` on CPU run their 1x1 convs as matrix products).
+            conv_impl: convolution lowering (NF-ResNets have no grouped convs; ``'dot'``,
+                ``'patches'`` and ``'auto'`` on CPU run their 1x1 convs as matrix products).
         """
         super().__init__(name=name)
         if variant not in nf_resnet_params:

@@ -326,8 +326,8 @@ class NFNet(hk.Module):
             stem_widths: output channels of the first three stem convs (16, 32, 64).
             compute_dtype: activation dtype (None/float32, bfloat16, float16); parameters
                 are stored in float32 either way.
-            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'`` or
-                ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
+            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'``,
+                ``'dot'`` or ``'patches'`` (see :mod:`nfnets_jax.models.conv`).
             numerics: ``'deepmind'`` (default: DeepMind's weight-standardization floor
                 and tanh GELU, what their released weights were trained with) or
                 ``'timm'`` (timm's ``dm_nfnet_f*``: eps added to the variance, erf GELU),

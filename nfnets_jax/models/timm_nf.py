@@ -472,8 +472,8 @@ class TimmNFNet(hk.Module):
                 (timm's default 0).
             name: module name (parameter paths start with it).
             compute_dtype: activation dtype (None/float32, bfloat16, float16).
-            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'`` or
-                ``'dot'`` (see :mod:`nfnets_jax.models.conv`).
+            conv_impl: convolution lowering, ``'auto'``, ``'native'``, ``'per_group'``,
+                ``'dot'`` or ``'patches'`` (see :mod:`nfnets_jax.models.conv`).
         """
         super().__init__(name=name)
         variant = self.default_variant if variant is None else variant

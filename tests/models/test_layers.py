@@ -77,6 +77,7 @@ def test_tf_same_padding_of_stride_2_is_zero_before_one_after():
         (7, 1, 3, "per_group", 3),
         (7, 2, 1, "dot", 1),  # 1x1 as a matrix product, strided on an odd size
         (8, 1, 3, "dot", 1),  # a grouped 1x1: one product per group
+        (64, 2, 3, "patches", 3),  # 32 x 32 outputs: kernel gradients from patches
     ],
 )
 def test_wsconv_matches_numpy_closed_form(size, stride, groups, conv_impl, kernel):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets_jax.models import NFNet, count_flops, nfnet_params, traced_macs
+from nfnets_jax.models import NFNet, conv, count_flops, nfnet_params, traced_macs
 from tests.models.conftest import GOLDEN, abstract_params, count, random_params, tree_shapes
 
 # Exact parameter counts (spec 1.1; official_param_trees.json for the + variants).
@@ -165,8 +165,10 @@ def narrow_params():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["per_group", "dot"])
-def test_conv_impls_give_native_numbers_and_trees(impl, narrow_params):
+@pytest.mark.parametrize("impl", ["per_group", "dot", "patches"])
+def test_conv_impls_give_native_numbers_and_trees(impl, narrow_params, monkeypatch):
+    # Every 3x3 kernel gradient from patches, not only those with 32 x 32 outputs.
+    monkeypatch.setattr(conv, "PATCHES_MIN_POSITIONS", 1)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     labels = jnp.array([3, 7])
     results = {}
@@ -187,7 +189,7 @@ def test_conv_impls_give_native_numbers_and_trees(impl, narrow_params):
         results[name] = (tree, value, logits, grads, convs)
     (tree, value, logits, grads, convs), (tree2, value2, logits2, grads2, convs2) = results.values()
     assert tree2 == tree
-    assert convs2 != convs  # the lowering really differs (groups split, or 1x1 dots)
+    assert convs2 != convs  # the lowering really differs (groups split, dots, patches)
     scale = float(jnp.max(jnp.abs(logits)))
     np.testing.assert_allclose(logits2, logits, rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_allclose(value2, value, rtol=1e-5)
