@@ -5,7 +5,9 @@ without the input pipeline: the model's training forward (stochastic depth and d
 on), softmax cross-entropy, the backward pass, and the NFNet optimizer of
 ``nfnets_jax.optim.build_optimizer`` (AGC, coupled weight decay, Nesterov SGD), jitted
 with the parameters and optimizer state carried from step to step. Each ``--impls``
-lowering (``conv_impl``, default ``native`` and ``auto``) gets its own compiled step.
+lowering (``conv_impl``, default ``native`` and ``auto``) gets its own compiled step;
+``patches@N`` is ``'patches'`` traced with ``conv.PATCHES_MIN_POSITIONS = N``
+(``patches@1``: every 3x3 kernel gradient from patches).
 
 With timm and torch importable, timm's ``dm_nfnet_f0`` (random initialisation) is timed
 too: the same batch and resolution, ``torch.set_num_threads(os.cpu_count())``, cross-
@@ -43,6 +45,7 @@ import optax
 from benchmarks import common
 from benchmarks.model_step import random_params
 from nfnets_jax import host_memory
+from nfnets_jax.models import conv as conv_module
 from nfnets_jax.models import get_model
 from nfnets_jax.models.conv import resolve_conv_impl
 from nfnets_jax.optim import build_optimizer, nfnet_optimizer_config
@@ -239,7 +242,9 @@ def parse_args(argv=None):
     parser.add_argument("--variant", default="F0")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--px", type=int, default=128)
-    parser.add_argument("--impls", default="native,auto", help="comma-separated conv_impls")
+    parser.add_argument(
+        "--impls", default="native,auto", help="comma-separated conv_impls (or patches@N)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round and run")
     parser.add_argument("--no-timm", action="store_true", help="skip timm's PyTorch step")
@@ -260,8 +265,14 @@ def main(argv=None) -> None:
     runs, rows = {}, []
     for impl in (i.strip() for i in args.impls.split(",")):
         make = jax_inference if args.inference else jax_step
-        runs[impl], compile_s = make(args.variant, args.batch, args.px, impl)
-        conv = impl if impl == resolve_conv_impl(impl) else f"{impl} ({resolve_conv_impl(impl)})"
+        name, _, positions = impl.partition("@")
+        default_positions = conv_module.PATCHES_MIN_POSITIONS
+        try:  # 'patches@N': PATCHES_MIN_POSITIONS = N while this step is traced
+            conv_module.PATCHES_MIN_POSITIONS = int(positions or default_positions)
+            runs[impl], compile_s = make(args.variant, args.batch, args.px, name)
+        finally:
+            conv_module.PATCHES_MIN_POSITIONS = default_positions
+        conv = impl if name == resolve_conv_impl(name) else f"{impl} ({resolve_conv_impl(name)})"
         rows.append({"name": f"nfnets_jax NFNet-{args.variant}", "conv": conv, "impl": impl})
         rows[-1]["compile_s"] = compile_s
         print(f"compiled {impl} in {compile_s:.1f} s", flush=True)

@@ -25,8 +25,10 @@ backward pass is dramatically so; the backward pass of a native 1x1 convolution 
 about twice as slow as the same matrix product (see the ``## Model step`` and ``##
 Training step`` sections of BENCHMARKS.md). XLA:CPU computes a 3x3 kernel gradient as a
 convolution over a transposed copy of the input, well below its matrix-product speed at
-large spatial sizes; below 32 x 32 outputs the native form is as fast and compiles with
-fewer operations, hence the threshold. So ``'auto'`` is ``'patches'`` on CPU. On GPU/TPU
+large spatial sizes: ``'patches'`` makes the F0 training step faster than ``'dot'``.
+Taking every 3x3 kernel gradient from patches, below 32 x 32 outputs too, made the step
+no faster and its compilation half as long again (``patches@1`` in ``## Training step``),
+hence the threshold. So ``'auto'`` is ``'patches'`` on CPU. On GPU/TPU
 the native op is the well-trodden path, so ``'auto'`` picks ``'native'`` there. We had no
 GPU/TPU to measure on when choosing this default: the accelerator choice is the
 conventional one, not a measurement.
