@@ -161,3 +161,19 @@ def test_accelerator_script_falls_back_to_a_batch_that_fits(monkeypatch):
     monkeypatch.setattr(train_step, "jax_step", broken)
     with pytest.raises(ValueError, match="a bug"):
         accelerator.main(argv, narrow)
+
+
+def test_train_step_traces_patches_at_n_with_that_threshold(monkeypatch, capsys):
+    from nfnets_jax.models import conv
+
+    seen = []
+
+    def step(variant, batch, px, impl):
+        seen.append((impl, conv.PATCHES_MIN_POSITIONS))
+        return (lambda: 1.0), 0.5
+
+    monkeypatch.setattr(train_step, "jax_step", step)
+    train_step.main(["--impls", "patches@1,patches", "--no-timm", "--rounds", "1", "--steps", "1"])
+    assert seen == [("patches", 1), ("patches", 32 * 32)]
+    assert conv.PATCHES_MIN_POSITIONS == 32 * 32
+    assert "| nfnets_jax NFNet-F0 | patches@1 | 0.5 |" in capsys.readouterr().out
