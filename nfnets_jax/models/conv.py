@@ -37,11 +37,11 @@ conventional one, not a measurement.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -235,10 +235,9 @@ def grouped_conv(
     impl = resolve_conv_impl(conv_impl)
     dn = lax.conv_dimension_numbers(x.shape, w.shape, dimension_numbers)
 
-    def _output_positions(lhs, rhs):
-        return int(np.prod(jax.eval_shape(native, lhs, rhs).shape)) // (
-            lhs.shape[dn.lhs_spec[0]] * rhs.shape[dn.rhs_spec[0]]
-        )
+    def output_positions(lhs, rhs):
+        shape = jax.eval_shape(native, lhs, rhs).shape
+        return math.prod(shape[axis] for axis in dn.out_spec[2:])
 
     def native(lhs, rhs, groups=1):
         return lax.conv_general_dilated(
@@ -259,7 +258,7 @@ def grouped_conv(
         if groups == 1 and impl in ("dot", "patches"):
             if all(rhs.shape[axis] == 1 for axis in dn.rhs_spec[2:]):
                 return as_dot(lhs, rhs)
-            if impl == "patches" and _output_positions(lhs, rhs) >= PATCHES_MIN_POSITIONS:
+            if impl == "patches" and output_positions(lhs, rhs) >= PATCHES_MIN_POSITIONS:
                 return _with_patch_kernel_gradient(native, as_dot)(lhs, rhs)
         return native(lhs, rhs, groups)
 

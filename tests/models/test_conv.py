@@ -285,6 +285,12 @@ def test_patches_keeps_native_kernel_gradients_below_32x32_output_positions():
     assert kernel_grad_ops(64, 2) == matrix_product  # 64 x 64 inputs, 32 x 32 outputs
     assert kernel_grad_ops(31, 1) == {"convolution": 1, "dot_general": 0}
     assert kernel_grad_ops(62, 2) == {"convolution": 1, "dot_general": 0}
+    # The output size per image decides, whatever the batch (an empty one included).
+    empty = lambda w: jnp.sum(
+        _run("patches", jnp.ones((0, 32, 32, 2)), w, (1, 1), "SAME", None, 1, NHWC)
+    )
+    assert _stablehlo_ops(jax.grad(empty), w) == matrix_product
+    assert float(jnp.abs(jax.grad(empty)(w)).max()) == 0.0
     # A grouped convolution is judged per group, by the same output size.
     x = jnp.ones((1, 32, 32, 4))
     loss = lambda w: jnp.sum(_run("patches", x, w, (1, 1), "SAME", None, 2, NHWC))
