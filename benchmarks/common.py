@@ -79,16 +79,20 @@ def peak_memory() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
 
 
-def matmul_peak(dtype, n: int = 2048) -> float:
-    """FLOP/s of a jitted dense n x n matmul (2 n^3 FLOPs): the run's reference peak."""
+def matmul_run(dtype, n: int = 2048):
+    """A jitted dense n x n matmul (2 n^3 FLOPs); calling it runs one and waits for it."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
     f = jax.jit(lambda a, b: a @ b)
-    seconds = median_seconds(lambda: jax.block_until_ready(f(a, a)), steps=5, warmup=2)
-    return 2.0 * n**3 / seconds
+    return lambda: jax.block_until_ready(f(a, a))
+
+
+def matmul_peak(dtype, n: int = 2048) -> float:
+    """FLOP/s of a jitted dense n x n matmul (2 n^3 FLOPs): the run's reference peak."""
+    return 2.0 * n**3 / median_seconds(matmul_run(dtype, n), steps=5, warmup=2)
 
 
 def write_section(title: str, text: str, path: str = BENCHMARKS_MD) -> None:

@@ -306,20 +306,8 @@ def torch_kind(kind: str, convs, ses, variant: str) -> Callable[[], float]:
     return run
 
 
-def jax_matmul(n: int = MATMUL_N) -> Callable[[], float]:
-    """A jitted float32 ``n x n`` matmul (``2 n^3`` FLOPs); ``run()`` waits for it."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-
-    def run() -> float:
-        jax.block_until_ready(f(a))
-        return 0.0
-
-    return run
-
-
 def torch_matmul(n: int = MATMUL_N) -> Callable[[], float]:
-    """The same matmul in torch, on ``os.cpu_count()`` threads as timm's steps."""
+    """``common.matmul_run``'s float32 matmul in torch, on ``os.cpu_count()`` threads."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -479,7 +467,7 @@ def main(argv=None) -> None:
             flops = analytic_flops(args.variant, batch, px, work == "training step")
             steps.append({"work": work, "impl": impl, "compile_s": compile_s, "flops": flops})
             print(f"{work} {impl}: compiled in {compile_s:.1f} s", flush=True)
-    runs[("matmul", "jax")] = jax_matmul()
+    runs[("matmul", "jax")] = common.matmul_run(jnp.float32, MATMUL_N)
     torch_versions = ""
     if not args.no_timm:
         import timm

@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from benchmarks import accelerator, common, train_step, train_throughput, vs_timm
+from nfnets_jax.models import conv
 from tests.training.tiny import tiny_config
 
 
@@ -164,8 +165,6 @@ def test_accelerator_script_falls_back_to_a_batch_that_fits(monkeypatch):
 
 
 def test_train_step_traces_patches_at_n_with_that_threshold(monkeypatch, capsys):
-    from nfnets_jax.models import conv
-
     seen = []
 
     def step(variant, batch, px, impl):
